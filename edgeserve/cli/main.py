@@ -1,0 +1,79 @@
+"""Entry point: ``edgeserve demo | agent | models | bench``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+agent_app = typer.Typer(no_args_is_help=True, help="The edge agent (device daemon).")
+models_app = typer.Typer(no_args_is_help=True, help="The reference-model pipeline.")
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.")
+app.add_typer(agent_app, name="agent")
+app.add_typer(models_app, name="models")
+app.add_typer(bench_app, name="bench")
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="TOML config file", exists=True)
+]
+
+
+@app.command()
+def demo(
+    requests: Annotated[int, typer.Option(help="test digits to send (0 = all)")] = 0,
+) -> None:
+    """Run the whole system on this machine and show each capability as it lands."""
+    from edgeserve.cli.demo import run_demo
+
+    raise typer.Exit(run_demo(requests))
+
+
+@agent_app.command("run")
+def agent_run(config: ConfigOption = None) -> None:
+    """Run the edge agent in the foreground (what the systemd unit starts)."""
+    from edgeserve.edge_agent.config import AgentConfig
+    from edgeserve.edge_agent.server import run_agent
+    from edgeserve.settings import load_settings
+
+    run_agent(load_settings(AgentConfig, config))
+
+
+@models_app.command("build")
+def models_build(
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("edgeserve/models/artifacts"),
+    seed: int = 0,
+) -> None:
+    """Train, export, quantize and convert the reference models, deterministically."""
+    from edgeserve.cli.models import build
+
+    build(out, seed)
+
+
+@models_app.command("list")
+def models_list(
+    folder: Annotated[Path | None, typer.Option(help="artifacts folder")] = None,
+) -> None:
+    """Show the model cards of an artifacts folder (default: the packaged ones)."""
+    from edgeserve.cli.models import list_cards
+
+    list_cards(folder)
+
+
+@bench_app.command("edge")
+def bench_edge(
+    requests: Annotated[int, typer.Option(help="timed requests per measurement")] = 5000,
+    out: Annotated[Path, typer.Option(help="folder for the report and plots")] = Path(
+        "docs/bench/edge"
+    ),
+    mobilenet: Annotated[bool, typer.Option(help="include the MobileNetV2-sized model")] = True,
+) -> None:
+    """Edge agent overhead, int8 vs fp32, ONNX Runtime vs TFLite."""
+    from edgeserve.bench.edge import run_edge_benchmark
+
+    run_edge_benchmark(requests, out, mobilenet)
+
+
+def main() -> None:
+    app()

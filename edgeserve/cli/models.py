@@ -1,0 +1,51 @@
+"""``edgeserve models``: build the reference artifacts and show their cards."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import Progress
+from rich.table import Table
+
+from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard
+
+
+def build(out: Path, seed: int) -> None:
+    from edgeserve.models.build import build_all
+
+    out.mkdir(parents=True, exist_ok=True)
+    with Progress(transient=True) as progress:
+        task = progress.add_task("building reference models", total=None)
+
+        def report(step: str) -> None:
+            progress.update(task, description=step)
+
+        cards = build_all(out, seed=seed, progress=report)
+    Console().print(cards_table(cards, f"built into {out}"))
+
+
+def list_cards(folder: Path | None) -> None:
+    from edgeserve.edge_agent.core import packaged_artifacts
+
+    folder = folder or packaged_artifacts()
+    cards = [ModelCard.load(path) for path in sorted(folder.glob(f"*{CARD_SUFFIX}"))]
+    Console().print(cards_table(cards, str(folder)))
+
+
+def cards_table(cards: list[ModelCard], title: str) -> Table:
+    table = Table(title=title)
+    for column in ("model", "version", "format", "precision", "params", "size", "test acc"):
+        table.add_column(column, justify="right" if column not in ("model",) else "left")
+    for card in cards:
+        accuracy = f"{card.metrics.test_accuracy:.2%}" if card.metrics else "-"
+        table.add_row(
+            card.name,
+            card.version,
+            card.format,
+            card.precision,
+            f"{card.parameters:,}",
+            f"{card.size_bytes / 1024:.1f} KiB",
+            accuracy,
+        )
+    return table

@@ -1,0 +1,46 @@
+"""The edge agent's configuration (``[agent]`` TOML file + ``EDGESERVE_AGENT_*``)."""
+
+from __future__ import annotations
+
+import os
+import socket
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field
+from pydantic_settings import SettingsConfigDict
+
+from edgeserve.settings import ServiceSettings
+
+
+def _default_state_dir() -> Path:
+    # systemd's StateDirectory= exports STATE_DIRECTORY; elsewhere use the XDG location.
+    if state := os.environ.get("STATE_DIRECTORY"):
+        return Path(state.split(":")[0])
+    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return Path(xdg) / "edgeserve" / "agent"
+
+
+class AgentConfig(ServiceSettings):
+    model_config = SettingsConfigDict(env_prefix="EDGESERVE_AGENT_", extra="forbid")
+
+    device_id: str = Field(default_factory=socket.gethostname)
+    host: str = "127.0.0.1"
+    port: int = Field(8710, ge=0, le=65535)
+    unix_socket: Path | None = None
+    port_file: Path | None = Field(None, description="written with the bound port once ready")
+    state_dir: Path = Field(default_factory=_default_state_dir)
+    models: list[str] = Field(
+        default_factory=lambda: ["digits-edge"],
+        description="models to serve; seeded from the packaged artifacts on first start",
+    )
+    artifacts_dir: Path | None = Field(None, description="seed artifacts (default: packaged)")
+    runtime_threads: int = Field(1, ge=1, description="threads per model session")
+    inference_workers: int = Field(2, ge=1, description="threads running inference")
+    max_pending: int = Field(64, ge=1, description="queued+running requests before 503")
+    max_body_bytes: int = Field(4 << 20, ge=1024)
+    max_batch: int = Field(64, ge=1)
+    cache_entries: int = Field(4096, ge=0)
+    cache_bytes: int = Field(16 << 20, ge=0)
+    log_level: str = "INFO"
+    log_format: Literal["json", "text"] = "json"

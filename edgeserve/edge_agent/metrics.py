@@ -1,0 +1,52 @@
+"""The agent's Prometheus metrics, on a registry of its own (no process-wide globals)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 2.0)
+
+
+class AgentMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "edgeserve_agent_requests",
+            "Inference requests by model and outcome",
+            ["model", "outcome"],
+            registry=self.registry,
+        )
+        self.errors = Counter(
+            "edgeserve_agent_errors",
+            "Rejected or failed requests by error code",
+            ["code"],
+            registry=self.registry,
+        )
+        self.inference_seconds = Histogram(
+            "edgeserve_agent_inference_seconds",
+            "Model run time, cache misses only",
+            ["model"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
+        self.cache = Counter(
+            "edgeserve_agent_cache",
+            "Result cache lookups by result",
+            ["result"],
+            registry=self.registry,
+        )
+        self.model_loaded = Gauge(
+            "edgeserve_agent_model_loaded",
+            "1 for each model version currently served",
+            ["model", "version", "runtime"],
+            registry=self.registry,
+        )
+        self.integrity_failures = Counter(
+            "edgeserve_agent_integrity_failures",
+            "Model slots whose bytes failed verification",
+            ["model"],
+            registry=self.registry,
+        )
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,83 @@
+"""The agent daemon: load models, bind sockets, serve until SIGTERM, shut down in stages.
+
+uvicorn installs the signal handlers (first SIGTERM/SIGINT drains, a second forces);
+after it returns we stop the inference threads and release the model sessions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+from pathlib import Path
+
+import uvicorn
+
+from edgeserve.edge_agent.api import create_app
+from edgeserve.edge_agent.config import AgentConfig
+from edgeserve.edge_agent.core import AgentCore
+from edgeserve.edge_agent.executor import BoundedExecutor
+from edgeserve.logs import configure_logging
+
+log = logging.getLogger(__name__)
+
+
+class _AgentServer(uvicorn.Server):
+    """A uvicorn server that announces its bound port once it accepts connections."""
+
+    def __init__(self, config: uvicorn.Config, port_file: Path | None, port: int) -> None:
+        super().__init__(config)
+        self._port_file = port_file
+        self._port = port
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self._port_file is not None:
+            tmp = self._port_file.with_suffix(".tmp")
+            tmp.write_text(str(self._port))
+            os.replace(tmp, self._port_file)
+        log.info("agent listening", extra={"port": self._port})
+
+
+def bind_sockets(config: AgentConfig) -> list[socket.socket]:
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    tcp.bind((config.host, config.port))
+    sockets = [tcp]
+    if config.unix_socket is not None:
+        config.unix_socket.unlink(missing_ok=True)
+        unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        unix.bind(str(config.unix_socket))
+        os.chmod(config.unix_socket, 0o660)
+        sockets.append(unix)
+    for sock in sockets:
+        sock.listen(1024)
+        sock.set_inheritable(True)
+    return sockets
+
+
+def run_agent(config: AgentConfig) -> None:
+    """Run the agent in the foreground until it is asked to stop."""
+    configure_logging(config.log_level, config.log_format)
+    core = AgentCore.from_config(config)
+    core.start()
+    executor = BoundedExecutor(config.inference_workers, config.max_pending)
+    sockets = bind_sockets(config)
+    port = sockets[0].getsockname()[1]
+    server_config = uvicorn.Config(
+        create_app(core, executor),
+        log_config=None,
+        access_log=False,
+        lifespan="off",
+        timeout_graceful_shutdown=10,
+    )
+    server = _AgentServer(server_config, config.port_file, port)
+    try:
+        asyncio.run(server.serve(sockets=sockets))
+    finally:
+        executor.shutdown()
+        core.close()
+        if config.unix_socket is not None:
+            config.unix_socket.unlink(missing_ok=True)
+        log.info("agent stopped")

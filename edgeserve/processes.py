@@ -1,0 +1,99 @@
+"""Start edgeserve services as real child processes and wait until they are ready.
+
+The demo, ``edgeserve eval`` and the integration tests all run the system as the
+operator would: separate processes on loopback ports. A service announces readiness by
+writing its bound port to a file, so nobody has to guess a free port or sleep.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import TracebackType
+
+
+class ServiceFailed(RuntimeError):
+    """A child service exited or did not become ready in time."""
+
+
+class ServiceProcess:
+    def __init__(
+        self,
+        args: list[str],
+        port_file: Path,
+        env: dict[str, str] | None = None,
+        log_file: Path | None = None,
+    ) -> None:
+        self.args = args
+        self.port_file = port_file
+        self.env = {**os.environ, **(env or {})}
+        self.log_file = log_file
+        self.port: int | None = None
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    @classmethod
+    def edgeserve(
+        cls,
+        *subcommand: str,
+        port_file: Path,
+        env: dict[str, str] | None = None,
+        log_file: Path | None = None,
+    ) -> ServiceProcess:
+        """A ``python -m edgeserve ...`` child with this interpreter."""
+        args = [sys.executable, "-m", "edgeserve", *subcommand]
+        return cls(args, port_file, env=env, log_file=log_file)
+
+    @property
+    def pid(self) -> int:
+        assert self._proc is not None
+        return self._proc.pid
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self._proc.poll() is None
+
+    def start(self, timeout: float = 60.0) -> int:
+        self.port_file.unlink(missing_ok=True)
+        output = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
+        self._proc = subprocess.Popen(self.args, env=self.env, stdout=output, stderr=output)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                raise ServiceFailed(f"{self.args[3:]} exited with {self._proc.returncode}")
+            if self.port_file.exists():
+                self.port = int(self.port_file.read_text())
+                return self.port
+            time.sleep(0.02)
+        self.kill()
+        raise ServiceFailed(f"{self.args[3:]} not ready after {timeout:.0f}s")
+
+    def stop(self, timeout: float = 15.0) -> int:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout``; the exit code."""
+        if self._proc is None:
+            return 0
+        if self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        return self._proc.returncode
+
+    def kill(self) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+
+    def __enter__(self) -> ServiceProcess:
+        self.start()
+        return self
+
+    def __exit__(
+        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
