@@ -14,6 +14,7 @@ import sys
 import time
 from pathlib import Path
 from types import TracebackType
+from typing import BinaryIO
 
 
 class ServiceFailed(RuntimeError):
@@ -34,6 +35,7 @@ class ServiceProcess:
         self.log_file = log_file
         self.port: int | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._log: BinaryIO | None = None
 
     @classmethod
     def edgeserve(
@@ -43,8 +45,8 @@ class ServiceProcess:
         env: dict[str, str] | None = None,
         log_file: Path | None = None,
     ) -> ServiceProcess:
-        """A ``python -m edgeserve ...`` child with this interpreter."""
-        args = [sys.executable, "-m", "edgeserve", *subcommand]
+        """A ``python -m edgeserve ... --port-file PATH`` child with this interpreter."""
+        args = [sys.executable, "-m", "edgeserve", *subcommand, "--port-file", str(port_file)]
         return cls(args, port_file, env=env, log_file=log_file)
 
     @property
@@ -58,7 +60,8 @@ class ServiceProcess:
 
     def start(self, timeout: float = 60.0) -> int:
         self.port_file.unlink(missing_ok=True)
-        output = self.log_file.open("ab") if self.log_file else subprocess.DEVNULL
+        self._log = self.log_file.open("ab") if self.log_file else None
+        output = self._log or subprocess.DEVNULL
         self._proc = subprocess.Popen(self.args, env=self.env, stdout=output, stderr=output)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -82,12 +85,20 @@ class ServiceProcess:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+        self._close_log()
         return self._proc.returncode
 
     def kill(self) -> None:
+        """SIGKILL, as a crash or power cut would; no cleanup runs in the child."""
         if self._proc is not None and self._proc.poll() is None:
             self._proc.kill()
             self._proc.wait()
+        self._close_log()
+
+    def _close_log(self) -> None:
+        if self._log is not None:
+            self._log.close()
+            self._log = None
 
     def __enter__(self) -> ServiceProcess:
         self.start()

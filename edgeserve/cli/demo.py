@@ -37,7 +37,8 @@ def run_demo(requests: int) -> int:
     with tempfile.TemporaryDirectory(prefix="edgeserve-demo-") as tmp:
         workdir = Path(tmp)
         agent = ServiceProcess.edgeserve(
-            "agent", "run",
+            "agent",
+            "run",
             port_file=workdir / "agent.port",
             log_file=workdir / "agent.log",
             env={
@@ -85,8 +86,13 @@ def _local_answers(
             runtime = answer.parameters["runtime"]
         p50, p99 = np.percentile(np.array(latencies) * 1e3, [50, 99])
         table.add_row(
-            model, runtime, str(len(x)), f"{correct / len(x):.2%}",
-            f"{p50:.2f}", f"{p99:.2f}", f"{np.mean(confidences):.3f}",
+            model,
+            runtime,
+            str(len(x)),
+            f"{correct / len(x):.2%}",
+            f"{p50:.2f}",
+            f"{p99:.2f}",
+            f"{np.mean(confidences):.3f}",
         )
     console.print(table)
 

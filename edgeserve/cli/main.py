@@ -18,6 +18,9 @@ app.add_typer(bench_app, name="bench")
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file", exists=True)
 ]
+PortFileOption = Annotated[
+    Path | None, typer.Option(help="write the bound port here once ready (for supervisors)")
+]
 
 
 @app.command()
@@ -31,13 +34,14 @@ def demo(
 
 
 @agent_app.command("run")
-def agent_run(config: ConfigOption = None) -> None:
+def agent_run(config: ConfigOption = None, port_file: PortFileOption = None) -> None:
     """Run the edge agent in the foreground (what the systemd unit starts)."""
     from edgeserve.edge_agent.config import AgentConfig
     from edgeserve.edge_agent.server import run_agent
     from edgeserve.settings import load_settings
 
-    run_agent(load_settings(AgentConfig, config))
+    overrides = {"port_file": port_file} if port_file else {}
+    run_agent(load_settings(AgentConfig, config, **overrides))
 
 
 @models_app.command("build")

@@ -14,8 +14,8 @@ from typing import Any
 
 from edgeserve import __version__
 from edgeserve.edge_agent.cache import ResultCache, cache_key
-from edgeserve.edge_agent.config import AgentConfig
 from edgeserve.edge_agent.confidence import max_probability, softmax
+from edgeserve.edge_agent.config import AgentConfig
 from edgeserve.edge_agent.metrics import AgentMetrics
 from edgeserve.edge_agent.runtimes import RuntimeOptions, RuntimeSession, open_session
 from edgeserve.edge_agent.store import ModelStore
@@ -166,9 +166,7 @@ class AgentCore:
                 return self._response(model, request, list(hit.outputs), hit.parameters, True)
         start = time.perf_counter()
         results = model.session.run(arrays, model.output_names)
-        self.metrics.inference_seconds.labels(model.card.name).observe(
-            time.perf_counter() - start
-        )
+        self.metrics.inference_seconds.labels(model.card.name).observe(time.perf_counter() - start)
         outputs = [InferTensor.from_numpy(name, results[name]) for name in wanted]
         parameters = self._answer_parameters(model, results)
         if key is not None:

@@ -7,9 +7,12 @@ after it returns we stop the inference threads and release the model sessions.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
+import signal
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import uvicorn
@@ -43,6 +46,9 @@ class _AgentServer(uvicorn.Server):
 def bind_sockets(config: AgentConfig) -> list[socket.socket]:
     tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     tcp.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    # Accepted sockets inherit this; uvicorn writes headers and body separately, and with
+    # Nagle on, each response would wait for the client's delayed ACK (~40 ms).
+    tcp.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     tcp.bind((config.host, config.port))
     sockets = [tcp]
     if config.unix_socket is not None:
@@ -74,10 +80,28 @@ def run_agent(config: AgentConfig) -> None:
     )
     server = _AgentServer(server_config, config.port_file, port)
     try:
-        asyncio.run(server.serve(sockets=sockets))
+        with _absorb_reraised_signals():
+            asyncio.run(server.serve(sockets=sockets))
     finally:
         executor.shutdown()
         core.close()
         if config.unix_socket is not None:
             config.unix_socket.unlink(missing_ok=True)
         log.info("agent stopped")
+
+
+@contextlib.contextmanager
+def _absorb_reraised_signals() -> Iterator[None]:
+    """Keep the stop signal uvicorn re-raises after draining from killing us mid-cleanup.
+
+    uvicorn restores the previous handlers and re-raises SIGTERM/SIGINT once it has shut
+    down; with the default handlers that would end the process before the executor and
+    model sessions are closed. Signals can only be handled on the main thread.
+    """
+    stop_signals = (signal.SIGTERM, signal.SIGINT)
+    previous = {sig: signal.signal(sig, lambda *_: None) for sig in stop_signals}
+    try:
+        yield
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)

@@ -36,9 +36,7 @@ def validate_inputs(
 
 def _checked(spec: TensorSpec, tensor: InferTensor, max_batch: int) -> npt.NDArray[Any]:
     if tensor.datatype != spec.datatype:
-        raise InvalidInput(
-            f"input '{spec.name}' must be {spec.datatype}, got {tensor.datatype}"
-        )
+        raise InvalidInput(f"input '{spec.name}' must be {spec.datatype}, got {tensor.datatype}")
     shape = list(tensor.data.shape)
     if len(shape) != len(spec.shape) or any(
         want not in (-1, got) for want, got in zip(spec.shape, shape, strict=True)

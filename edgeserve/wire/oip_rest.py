@@ -203,7 +203,7 @@ def _flatten(data: Any) -> list[Any]:
     if not isinstance(data, list):
         return [data]
     flat: list[Any] = []
-    stack = [data]
+    stack: list[Any] = [data]
     while stack:
         item = stack.pop()
         if isinstance(item, list):

@@ -91,8 +91,17 @@ def _body(tensor: dict) -> bytes:
         (b"{}", 10, "outside body"),
     ],
     ids=[
-        "garbage", "not-object", "no-inputs", "no-name", "count", "datatype", "truncating-int",
-        "string-in-fp32", "negative-dim", "no-data", "bad-header-length",
+        "garbage",
+        "not-object",
+        "no-inputs",
+        "no-name",
+        "count",
+        "datatype",
+        "truncating-int",
+        "string-in-fp32",
+        "negative-dim",
+        "no-data",
+        "bad-header-length",
     ],
 )
 def test_malformed_request_is_refused_with_a_precise_message(body, header_length, message):
