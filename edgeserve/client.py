@@ -6,17 +6,15 @@ exists so the project's own tools need nothing beyond ``httpx`` and the ``wire``
 
 from __future__ import annotations
 
+import socket
 from types import TracebackType
 from typing import Any
-
-import socket
 
 import httpx
 import numpy.typing as npt
 
 from edgeserve.wire import oip_rest
 from edgeserve.wire.tensors import InferRequest, InferResponse, InferTensor, RequestedOutput
-
 
 NODELAY = (socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 

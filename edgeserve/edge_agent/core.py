@@ -8,20 +8,20 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from edgeserve import __version__
 from edgeserve.edge_agent.cache import ResultCache, cache_key
-from edgeserve.edge_agent.confidence import max_probability, softmax
+from edgeserve.edge_agent.confidence import top_class_confidence
 from edgeserve.edge_agent.config import AgentConfig
 from edgeserve.edge_agent.metrics import AgentMetrics
 from edgeserve.edge_agent.runtimes import RuntimeOptions, RuntimeSession, open_session
 from edgeserve.edge_agent.store import ModelStore
 from edgeserve.edge_agent.validation import validate_inputs
 from edgeserve.wire.errors import EdgeServeError, InvalidInput, ModelNotFound
-from edgeserve.wire.model_card import ModelCard, card_path_for
+from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard
 from edgeserve.wire.tensors import InferRequest, InferResponse, InferTensor
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ class LoadedModel:
     card: ModelCard
     session: RuntimeSession
     slot: str
-    output_names: list[str] = field(default_factory=list)
+    output_names: list[str]
+    run_seconds: Any  # the model's bound histogram child
 
     @property
     def version(self) -> str:
@@ -78,7 +79,7 @@ class AgentCore:
                 log.error("model not loaded", extra={"model": name, "reason": exc.message})
 
     def seed(self, name: str, source: Path) -> None:
-        card_file = card_path_for(source / f"{name}.x")
+        card_file = source / f"{name}{CARD_SUFFIX}"
         if not card_file.is_file():
             raise ModelNotFound(f"no artifact card for '{name}' in {source}")
         card = ModelCard.load(card_file)
@@ -92,7 +93,11 @@ class AgentCore:
             raise
         session = open_session(verified.card.format, verified.artifact, self._options)
         model = LoadedModel(
-            verified.card, session, verified.slot, [o.name for o in verified.card.outputs]
+            verified.card,
+            session,
+            verified.slot,
+            [o.name for o in verified.card.outputs],
+            self.metrics.inference_seconds.labels(name),
         )
         old = self._models.get(name)
         self._models[name] = model
@@ -161,7 +166,7 @@ class AgentCore:
         if self.cache.enabled:
             key = cache_key(model.card.name, model.version, request.inputs, wanted)
             hit = self.cache.get(key)
-            self.metrics.cache.labels("hit" if hit else "miss").inc()
+            (self.metrics.cache_hit if hit else self.metrics.cache_miss).inc()
             if hit is not None:
                 return self._response(model, request, list(hit.outputs), hit.parameters, True)
         start = time.perf_counter()
@@ -189,10 +194,9 @@ class AgentCore:
         card = model.card
         parameters: dict[str, Any] = {"runtime": model.session.runtime_name}
         if card.logits_output and card.logits_output in results:
-            probs = softmax(results[card.logits_output], card.temperature)
-            parameters["confidence"] = [round(float(p), 6) for p in max_probability(probs)]
-            top = probs.argmax(axis=-1).tolist()
+            top, confidence = top_class_confidence(results[card.logits_output], card.temperature)
             labels = card.labels
+            parameters["confidence"] = [round(c, 6) for c in confidence.tolist()]
             parameters["prediction"] = [labels[i] if i < len(labels) else str(i) for i in top]
         return parameters
 

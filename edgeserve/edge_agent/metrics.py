@@ -48,5 +48,9 @@ class AgentMetrics:
             registry=self.registry,
         )
 
+        # Bound once: a labels() lookup per request costs as much as a small model run.
+        self.cache_hit = self.cache.labels("hit")
+        self.cache_miss = self.cache.labels("miss")
+
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -1,0 +1,17 @@
+"""The edge install stays light: serving never imports torch, sklearn, FastAPI or grpc."""
+
+import subprocess
+import sys
+
+HEAVY = ("torch", "sklearn", "fastapi", "grpc", "tensorrt", "matplotlib")
+
+
+def test_agent_server_and_demo_import_no_heavy_package():
+    probe = (
+        "import sys, edgeserve.edge_agent.server, edgeserve.cli.demo, edgeserve.cli.main;"
+        f"print([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"
