@@ -135,6 +135,10 @@ def bench_rest(
         request.parameters["binary_data_output"] = True
         bodies.append(oip_rest.encode_request(request, binary=True))
 
+    def live_call(i: int) -> object:
+        connection.request("GET", "/v2/health/live")
+        return connection.getresponse().read()
+
     def rest_call(i: int) -> object:
         body, length = bodies[i % len(bodies)]
         connection.request(
@@ -153,7 +157,8 @@ def bench_rest(
         return interleaved(
             {
                 "raw session.run (int8)": _ort_call(session, rows),
-                "REST round trip (binary, keep-alive)": rest_call,
+                "REST GET /v2/health/live (transport floor)": live_call,
+                "REST infer round trip (binary, keep-alive)": rest_call,
             },
             requests,
             progress=progress,
@@ -271,7 +276,7 @@ class _Report:
             console.print(f"  quality: {json.dumps(rounded)}")
             section["quality"] = rounded
         self.sections[key] = section
-        self.plots[title.split(",")[0]] = results
+        self.plots[key] = results
 
     def write(self, out: Path) -> None:
         self.document["sections"] = self.sections

@@ -73,7 +73,8 @@ def _local_answers(
     console.rule("1. local answers: held-out digits through the agent's OIP v2 API")
     table = Table()
     for column in ("model", "runtime", "requests", "accuracy", "p50 ms", "p99 ms", "mean conf"):
-        table.add_column(column, justify="left" if column in ("model", "runtime") else "right")
+        left = column in ("model", "runtime")
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
     for model in DEMO_MODELS:
         latencies, correct, confidences, runtime = [], 0, [], ""
         for row, label in track(list(zip(x, y, strict=True)), description=model, console=console):

@@ -36,7 +36,8 @@ def list_cards(folder: Path | None) -> None:
 def cards_table(cards: list[ModelCard], title: str) -> Table:
     table = Table(title=title)
     for column in ("model", "version", "format", "precision", "params", "size", "test acc"):
-        table.add_column(column, justify="right" if column not in ("model",) else "left")
+        left = column == "model"
+        table.add_column(column, justify="left" if left else "right", no_wrap=left)
     for card in cards:
         accuracy = f"{card.metrics.test_accuracy:.2%}" if card.metrics else "-"
         table.add_row(
