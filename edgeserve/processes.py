@@ -7,6 +7,7 @@ writing its bound port to a file, so nobody has to guess a free port or sleep.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -34,6 +35,7 @@ class ServiceProcess:
         self.env = {**os.environ, **(env or {})}
         self.log_file = log_file
         self.port: int | None = None
+        self.ports: dict[str, int] = {}
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
 
@@ -68,11 +70,17 @@ class ServiceProcess:
             if self._proc.poll() is not None:
                 raise ServiceFailed(f"{self.args[3:]} exited with {self._proc.returncode}")
             if self.port_file.exists():
-                self.port = int(self.port_file.read_text())
-                return self.port
+                return self._read_ports()
             time.sleep(0.02)
         self.kill()
         raise ServiceFailed(f"{self.args[3:]} not ready after {timeout:.0f}s")
+
+    def _read_ports(self) -> int:
+        """A service writes its port, or a JSON object of ports with the main one first."""
+        document = json.loads(self.port_file.read_text())
+        self.ports = document if isinstance(document, dict) else {"main": int(document)}
+        self.port = next(iter(self.ports.values()))
+        return self.port
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout``; the exit code."""

@@ -7,6 +7,8 @@ from typing import Annotated
 
 import typer
 
+from edgeserve.cli.gateway import gateway_app
+
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 agent_app = typer.Typer(no_args_is_help=True, help="The edge agent (device daemon).")
 models_app = typer.Typer(no_args_is_help=True, help="The reference-model pipeline.")
@@ -14,6 +16,7 @@ bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their 
 app.add_typer(agent_app, name="agent")
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
+app.add_typer(gateway_app, name="gateway")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file", exists=True)

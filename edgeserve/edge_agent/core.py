@@ -14,15 +14,15 @@ from typing import Any
 
 from edgeserve import __version__
 from edgeserve.edge_agent.cache import ResultCache, cache_key
-from edgeserve.edge_agent.confidence import top_class_confidence
 from edgeserve.edge_agent.config import AgentConfig
 from edgeserve.edge_agent.metrics import AgentMetrics
 from edgeserve.edge_agent.runtimes import RuntimeOptions, RuntimeSession, open_session
 from edgeserve.edge_agent.store import ModelStore
-from edgeserve.edge_agent.validation import validate_inputs
+from edgeserve.wire.confidence import top_class_confidence
 from edgeserve.wire.errors import EdgeServeError, InvalidInput, ModelNotFound
 from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard
 from edgeserve.wire.tensors import InferRequest, InferResponse, InferTensor
+from edgeserve.wire.validation import validate_inputs
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +160,8 @@ class AgentCore:
     def infer(self, request: InferRequest) -> InferResponse:
         """Validate, look up the cache, run the model: the agent's one inference path."""
         model = self.model(request.model_name, request.model_version)
-        arrays = validate_inputs(model.card, request.inputs, self.config.max_batch)
+        card = model.card
+        arrays = validate_inputs(card.name, card.inputs, request.inputs, self.config.max_batch)
         wanted = self._wanted_outputs(model, request)
         key = None
         if self.cache.enabled:

@@ -8,7 +8,6 @@ are each element as a 4-byte little-endian length followed by its bytes.
 
 from __future__ import annotations
 
-import struct
 from typing import Any
 
 import numpy as np
@@ -16,6 +15,7 @@ import numpy.typing as npt
 import orjson
 
 from edgeserve.wire.errors import InvalidInput
+from edgeserve.wire.raw_tensors import array_from_bytes, tensor_to_bytes
 from edgeserve.wire.tensors import (
     InferRequest,
     InferResponse,
@@ -27,7 +27,6 @@ from edgeserve.wire.tensors import (
 )
 
 HEADER_LENGTH = "inference-header-content-length"
-_LENGTH_PREFIX = struct.Struct("<I")
 
 
 def decode_request(
@@ -161,7 +160,7 @@ def _decode_input(raw: Any, binary: bytes, offset: int) -> tuple[InferTensor, in
         if not isinstance(size, int) or size < 0 or offset + size > len(binary):
             raise InvalidInput(f"tensor '{name}': binary_data_size {size} exceeds the body")
         chunk = binary[offset : offset + size]
-        array = _array_from_bytes(chunk, datatype, count, name)
+        array = array_from_bytes(chunk, datatype, count, name)
         offset += size
     else:
         if "data" not in raw:
@@ -219,37 +218,6 @@ def _to_bytes(item: Any, name: str) -> bytes:
     raise InvalidInput(f"tensor '{name}': BYTES elements must be strings in JSON")
 
 
-def _array_from_bytes(chunk: bytes, datatype: str, count: int, name: str) -> npt.NDArray[Any]:
-    if datatype == "BYTES":
-        return _bytes_elements(chunk, count, name)
-    dtype = numpy_dtype(datatype)
-    if len(chunk) != count * dtype.itemsize:
-        raise InvalidInput(
-            f"tensor '{name}': {len(chunk)} bytes given, shape and {datatype} need "
-            f"{count * dtype.itemsize}"
-        )
-    return np.frombuffer(chunk, dtype=dtype)
-
-
-def _bytes_elements(chunk: bytes, count: int, name: str) -> npt.NDArray[Any]:
-    items: list[bytes] = []
-    offset = 0
-    while offset < len(chunk):
-        if offset + 4 > len(chunk):
-            raise InvalidInput(f"tensor '{name}': truncated BYTES length prefix")
-        (length,) = _LENGTH_PREFIX.unpack_from(chunk, offset)
-        offset += 4
-        if offset + length > len(chunk):
-            raise InvalidInput(f"tensor '{name}': truncated BYTES element")
-        items.append(chunk[offset : offset + length])
-        offset += length
-    if len(items) != count:
-        raise InvalidInput(f"tensor '{name}': shape holds {count} elements, got {len(items)}")
-    array = np.empty(len(items), dtype=object)
-    array[:] = items
-    return array
-
-
 def _encode_tensor(tensor: InferTensor, binary: bool) -> tuple[dict[str, Any], bytes | None]:
     entry: dict[str, Any] = {
         "name": tensor.name,
@@ -258,7 +226,7 @@ def _encode_tensor(tensor: InferTensor, binary: bool) -> tuple[dict[str, Any], b
     }
     params = dict(tensor.parameters)
     if binary:
-        chunk = _tensor_bytes(tensor)
+        chunk = tensor_to_bytes(tensor)
         params["binary_data_size"] = len(chunk)
         entry["parameters"] = params
         return entry, chunk
@@ -273,18 +241,6 @@ def _encode_tensor(tensor: InferTensor, binary: bool) -> tuple[dict[str, Any], b
 
 def _bytes_to_str(item: Any) -> str:
     return item.decode("utf-8", errors="replace") if isinstance(item, bytes) else str(item)
-
-
-def _tensor_bytes(tensor: InferTensor) -> bytes:
-    if tensor.datatype != "BYTES":
-        array = np.ascontiguousarray(tensor.data, dtype=numpy_dtype(tensor.datatype))
-        return array.tobytes()
-    parts: list[bytes] = []
-    for item in tensor.data.reshape(-1):
-        raw = item if isinstance(item, bytes) else str(item).encode()
-        parts.append(_LENGTH_PREFIX.pack(len(raw)))
-        parts.append(raw)
-    return b"".join(parts)
 
 
 def _wants_binary(request: InferRequest | None, output: str) -> bool:

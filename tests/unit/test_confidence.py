@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from edgeserve.edge_agent.confidence import softmax, top_class_confidence
+from edgeserve.wire.confidence import softmax, top_class_confidence
 
 
 def test_top_class_confidence_equals_the_max_of_the_full_softmax():

@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from edgeserve.edge_agent.validation import validate_inputs
 from edgeserve.wire.errors import InvalidInput
 from edgeserve.wire.model_card import ModelCard, TensorSpec
 from edgeserve.wire.tensors import InferTensor
+from edgeserve.wire.validation import validate_inputs
 
 CARD = ModelCard(
     name="m",
@@ -21,7 +21,7 @@ CARD = ModelCard(
 
 
 def _check(array: np.ndarray, name: str = "input", max_batch: int = 8):
-    return validate_inputs(CARD, [InferTensor.from_numpy(name, array)], max_batch)
+    return validate_inputs("m", CARD.inputs, [InferTensor.from_numpy(name, array)], max_batch)
 
 
 def test_valid_batch_passes_through_unchanged():

@@ -1,4 +1,8 @@
-"""Checks an infer request against the model card before any runtime sees it."""
+"""Checks an infer request against a model signature before any runtime sees it.
+
+Both tiers validate with this one function, so the edge agent and the gateway refuse
+the same inputs with the same messages.
+"""
 
 from __future__ import annotations
 
@@ -8,28 +12,28 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeserve.wire.errors import InvalidInput
-from edgeserve.wire.model_card import ModelCard, TensorSpec
+from edgeserve.wire.model_card import TensorSpec
 from edgeserve.wire.tensors import InferTensor
 
 
 def validate_inputs(
-    card: ModelCard, inputs: list[InferTensor], max_batch: int
+    model: str, signature: list[TensorSpec], inputs: list[InferTensor], max_batch: int
 ) -> dict[str, npt.NDArray[Any]]:
     """The request's arrays, keyed by input name, once each passed every check."""
     given = {tensor.name: tensor for tensor in inputs}
     if len(given) != len(inputs):
         raise InvalidInput("the same input name appears twice")
-    expected = {spec.name for spec in card.inputs}
+    expected = {spec.name for spec in signature}
     unknown = sorted(set(given) - expected)
     if unknown:
         raise InvalidInput(
-            f"model '{card.name}' has no input {unknown[0]!r} (inputs: {sorted(expected)})"
+            f"model '{model}' has no input {unknown[0]!r} (inputs: {sorted(expected)})"
         )
     arrays: dict[str, npt.NDArray[Any]] = {}
-    for spec in card.inputs:
+    for spec in signature:
         tensor = given.get(spec.name)
         if tensor is None:
-            raise InvalidInput(f"model '{card.name}' needs input '{spec.name}'")
+            raise InvalidInput(f"model '{model}' needs input '{spec.name}'")
         arrays[spec.name] = _checked(spec, tensor, max_batch)
     return arrays
 

@@ -1,0 +1,150 @@
+"""The gateway process: one event loop running the REST server and both gRPC listeners.
+
+Start-up order: tenants and PKI (generated on first start, never shipped), the
+repository (seeded with the packaged models when empty), preloads, then the listeners;
+the bound ports are written as JSON to ``port_file`` once all accept connections.
+Shutdown is staged: stop accepting, let in-flight requests finish (10 s grace), stop the
+batchers, release the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import os
+import signal
+import socket
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import uvicorn
+
+from edgeserve.cloud_gateway.config import GatewayConfig
+from edgeserve.cloud_gateway.core import GatewayCore
+from edgeserve.cloud_gateway.grpc_server import create_grpc_server
+from edgeserve.cloud_gateway.metrics import GatewayMetrics
+from edgeserve.cloud_gateway.repository.manager import ModelRepository
+from edgeserve.cloud_gateway.repository.seed import seed_repository
+from edgeserve.cloud_gateway.rest import create_rest_app
+from edgeserve.cloud_gateway.tenancy import Authenticator, TenantStore
+from edgeserve.logs import configure_logging
+from edgeserve.security.pki import ensure_dev_pki
+
+log = logging.getLogger(__name__)
+GRACE_SECONDS = 10.0
+
+
+def build_core(config: GatewayConfig, executor: ThreadPoolExecutor) -> GatewayCore:
+    metrics = GatewayMetrics()
+
+    def on_batch(model: str, version: str, size: int, waits: list[float]) -> None:
+        metrics.batch_size.labels(model).observe(size)
+        for wait in waits:
+            metrics.queue_seconds.labels(model).observe(wait)
+
+    def on_compute(model: str, seconds: float) -> None:
+        metrics.compute_seconds.labels(model).observe(seconds)
+
+    def on_change() -> None:
+        metrics.loaded.clear()
+        metrics.model_memory.clear()
+        for version in repository.loaded():
+            backend = version.backend
+            metrics.loaded.labels(version.name, version.version, backend.name,
+                                  backend.device).set(1)
+            metrics.model_memory.labels(version.name, version.version).set(version.memory_bytes)
+
+    config.repository_path.mkdir(parents=True, exist_ok=True)
+    if not any(config.repository_path.iterdir()):
+        seed_repository(config.repository_path)
+    repository = ModelRepository(
+        config.repository_path, config.memory_budget_bytes, executor,
+        on_batch=on_batch, on_change=on_change, on_compute=on_compute,
+    )
+    authenticator = Authenticator(TenantStore(config.tenants_path))
+    return GatewayCore(repository, authenticator, metrics)
+
+
+class _RestServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config) -> None:
+        super().__init__(config)
+        self.accepting = asyncio.Event()
+
+    def install_signal_handlers(self) -> None:
+        """The gateway's own handler stops every listener, not just this one."""
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        self.accepting.set()
+
+
+def _tcp_socket(host: str, port: int) -> socket.socket:
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    return sock
+
+
+async def serve(config: GatewayConfig) -> None:
+    executor = ThreadPoolExecutor(config.inference_threads, thread_name_prefix="inference")
+    core = build_core(config, executor)
+    for name in config.preload:
+        await core.repository.load(name)
+    http_socket = _tcp_socket(config.host, config.http_port)
+    rest = _RestServer(uvicorn.Config(
+        create_rest_app(core, config.max_body_bytes), log_config=None, access_log=False,
+        lifespan="off", timeout_graceful_shutdown=int(GRACE_SECONDS),
+    ))
+    grpc_plain, grpc_port = create_grpc_server(core, config.host, config.grpc_port)
+    servers = [grpc_plain]
+    ports = {"http": http_socket.getsockname()[1], "grpc": grpc_port}
+    if config.grpc_mtls_port is not None:
+        pki = ensure_dev_pki(config.pki_path, devices=[])
+        tls = (pki.ca.cert.read_bytes(), pki.server.cert.read_bytes(), pki.server.key.read_bytes())
+        grpc_mtls, ports["grpc_mtls"] = create_grpc_server(
+            core, config.host, config.grpc_mtls_port, tls=tls
+        )
+        servers.append(grpc_mtls)
+    for server in servers:
+        await server.start()
+    rest_task = asyncio.create_task(rest.serve(sockets=[http_socket]))
+    await asyncio.wait(
+        [rest_task, asyncio.ensure_future(rest.accepting.wait())],
+        return_when=asyncio.FIRST_COMPLETED,
+    )
+    if rest_task.done():
+        rest_task.result()  # uvicorn failed to start: raise its error
+    core.started = True
+    _write_port_file(config.port_file, ports)
+    log.info("gateway listening", extra=ports)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("gateway stopping")
+        core.started = False
+        rest.should_exit = True
+        await asyncio.gather(*(s.stop(GRACE_SECONDS) for s in servers))
+        await rest_task
+        await core.repository.close()
+        executor.shutdown(wait=True, cancel_futures=True)
+        log.info("gateway stopped")
+
+
+def _write_port_file(path: Path | None, ports: dict[str, int]) -> None:
+    if path is None:
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(ports))
+    os.replace(tmp, path)
+
+
+def run_gateway(config: GatewayConfig) -> None:
+    configure_logging(config.log_level, config.log_format)
+    asyncio.run(serve(config))
