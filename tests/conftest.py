@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -88,7 +88,8 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
         }
         settings.update({f"EDGESERVE_GATEWAY_{k.upper()}": v for k, v in env.items()})
         process = ServiceProcess.edgeserve(
-            "gateway", "run",
+            "gateway",
+            "run",
             port_file=tmp_path / f"gateway-{index}.port",
             log_file=tmp_path / f"gateway-{index}.log",
             env=settings,

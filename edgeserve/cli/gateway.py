@@ -62,8 +62,9 @@ def tenant_add(
     """Create a tenant and print its API key (shown once)."""
     from edgeserve.cloud_gateway.tenancy import cli
 
-    cli.tenant_add(_db(config), name, models.split(","), rate, burst, max_in_flight, weight,
-                   priority)
+    cli.tenant_add(
+        _db(config), name, models.split(","), rate, burst, max_in_flight, weight, priority
+    )
 
 
 @tenant_app.command("list")
@@ -71,7 +72,7 @@ def tenant_list(config: ConfigOption = None) -> None:
     """List tenants and their limits (never their keys)."""
     from edgeserve.cloud_gateway.tenancy import cli
 
-    cli.tenant_list(_db(config))
+    raise typer.Exit(cli.tenant_list(_db(config)))
 
 
 @tenant_app.command("rotate-key")
@@ -79,7 +80,7 @@ def tenant_rotate_key(name: str, config: ConfigOption = None) -> None:
     """Revoke a tenant's keys and print a new one (shown once)."""
     from edgeserve.cloud_gateway.tenancy import cli
 
-    cli.tenant_rotate_key(_db(config), name)
+    raise typer.Exit(cli.tenant_rotate_key(_db(config), name))
 
 
 @tenant_app.command("remove")
@@ -87,7 +88,7 @@ def tenant_remove(name: str, config: ConfigOption = None) -> None:
     """Remove a tenant; its keys stop working at once."""
     from edgeserve.cloud_gateway.tenancy import cli
 
-    cli.tenant_remove(_db(config), name)
+    raise typer.Exit(cli.tenant_remove(_db(config), name))
 
 
 @device_app.command("add")
@@ -100,13 +101,15 @@ def device_add(
     from rich.console import Console
 
     from edgeserve.cloud_gateway.config import GatewayConfig
-    from edgeserve.cloud_gateway.tenancy import TenantStore
+    from edgeserve.cloud_gateway.tenancy import cli
     from edgeserve.security.pki import ensure_dev_pki
 
     settings = _config(config)
     assert isinstance(settings, GatewayConfig)
-    TenantStore(_db(config)).register_device(device_id, tenant)
+    if code := cli.device_register(_db(config), device_id, tenant):
+        raise typer.Exit(code)
     pki = ensure_dev_pki(settings.pki_path, devices=[device_id])
     cert, key = pki.devices[device_id]
-    Console().print(f"device {device_id} → tenant {tenant}\n  cert {cert}\n  key  {key}\n"
-                    f"  ca   {pki.ca.cert}")
+    Console().print(
+        f"device {device_id} → tenant {tenant}\n  cert {cert}\n  key  {key}\n  ca   {pki.ca.cert}"
+    )

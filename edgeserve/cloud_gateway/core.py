@@ -23,8 +23,11 @@ from edgeserve.wire.errors import InvalidInput, ModelNotFound, PermissionDenied
 from edgeserve.wire.tensors import InferRequest, InferResponse, InferTensor
 from edgeserve.wire.validation import validate_inputs
 
-PLATFORMS = {"onnxruntime": "onnxruntime_onnx", "torch": "pytorch_libtorch",
-             "tensorrt": "tensorrt_plan"}
+PLATFORMS = {
+    "onnxruntime": "onnxruntime_onnx",
+    "torch": "pytorch_libtorch",
+    "tensorrt": "tensorrt_plan",
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,10 +53,11 @@ class GatewayCore:
 
     # -- identity ------------------------------------------------------------------------
 
-    def authenticate(self, credentials: Credentials) -> Principal:
+    async def authenticate(self, credentials: Credentials) -> Principal:
+        """The caller's principal; a key not yet cached is hashed off the event loop."""
         if credentials.device_common_name is not None:
             return self.authenticator.from_device_certificate(credentials.device_common_name)
-        return self.authenticator.from_api_key(credentials.api_key)
+        return await self.authenticator.from_api_key_async(credentials.api_key)
 
     def authorize(self, principal: Principal, model: str) -> None:
         self.authenticator.authorize(principal, model)
@@ -69,15 +73,21 @@ class GatewayCore:
         return {
             "name": "edgeserve-gateway",
             "version": __version__,
-            "extensions": ["binary_tensor_data", "model_repository", "schedule_policy",
-                           "parameters"],
+            "extensions": [
+                "binary_tensor_data",
+                "model_repository",
+                "schedule_policy",
+                "parameters",
+            ],
         }
 
     @property
     def ready(self) -> bool:
         return self.started
 
-    def model_metadata(self, principal: Principal, name: str, version: str | None) -> dict[str, Any]:
+    def model_metadata(
+        self, principal: Principal, name: str, version: str | None
+    ) -> dict[str, Any]:
         self.authorize(principal, name)
         entry = self.repository.entry(name)
         if version is not None and version not in entry.versions:
@@ -95,9 +105,7 @@ class GatewayCore:
         self.authorize(principal, name)
         entry = self.repository.entry(name)
         wanted = version or entry.versions[-1]
-        return any(
-            v.name == name and v.version == wanted for v in self.repository.loaded()
-        )
+        return any(v.name == name and v.version == wanted for v in self.repository.loaded())
 
     def repository_index(self, principal: Principal) -> list[dict[str, Any]]:
         return [row for row in self.repository.index() if principal.can_use(row["name"])]
@@ -161,8 +169,9 @@ class GatewayCore:
         config = loaded.config
         parameters: dict[str, Any] = {"tier": "cloud", "model_version": loaded.version}
         if config.logits_output and config.logits_output in results:
-            top, confidence = top_class_confidence(results[config.logits_output],
-                                                   config.temperature)
+            top, confidence = top_class_confidence(
+                results[config.logits_output], config.temperature
+            )
             labels = config.labels
             parameters["confidence"] = [round(c, 6) for c in confidence.tolist()]
             parameters["prediction"] = [labels[i] if i < len(labels) else str(i) for i in top]
@@ -192,8 +201,14 @@ def _schedule_policy(request: InferRequest, deadline: float | None) -> tuple[int
         raise InvalidInput(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
     timeout_us = request.parameters.get("timeout")
     if timeout_us is not None:
-        if not isinstance(timeout_us, int | float) or isinstance(timeout_us, bool) or timeout_us <= 0:
-            raise InvalidInput(f"parameter 'timeout' must be positive microseconds, got {timeout_us!r}")
+        if (
+            not isinstance(timeout_us, int | float)
+            or isinstance(timeout_us, bool)
+            or timeout_us <= 0
+        ):
+            raise InvalidInput(
+                f"parameter 'timeout' must be positive microseconds, got {timeout_us!r}"
+            )
         own = time.monotonic() + timeout_us / 1e6
         deadline = own if deadline is None else min(deadline, own)
     return priority, deadline

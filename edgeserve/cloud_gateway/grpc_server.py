@@ -42,8 +42,10 @@ def _mapped(method: Method[Request, Reply]) -> Method[Request, Reply]:
             log.exception("unhandled error", extra={"rpc": method.__name__})
             error = InternalError(f"internal error: {exc}")
         self.core.metrics.errors.labels(error.code.label, "grpc").inc()
-        log.warning("rpc refused", extra={"rpc": method.__name__, "code": error.code.label,
-                                           "reason": error.message})
+        log.warning(
+            "rpc refused",
+            extra={"rpc": method.__name__, "code": error.code.label, "reason": error.message},
+        )
         if isinstance(error, RateLimited):
             retry = str(max(1, math.ceil(error.retry_after_s)))
             context.set_trailing_metadata((("retry-after", retry),))
@@ -53,47 +55,59 @@ def _mapped(method: Method[Request, Reply]) -> Method[Request, Reply]:
     return guarded
 
 
-class Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
+class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: GatewayCore, mtls: bool) -> None:
         self.core = core
         self.mtls = mtls
 
-    def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+    async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
         if self.mtls:
             names = context.auth_context().get("x509_common_name") or [b""]
             common_name = names[0].decode() or None
-            return self.core.authenticate(Credentials(device_common_name=common_name))
+            return await self.core.authenticate(Credentials(device_common_name=common_name))
         metadata = dict(context.invocation_metadata() or ())
         key = metadata.get("authorization") or metadata.get("x-api-key")
-        return self.core.authenticate(Credentials(api_key=key))
+        return await self.core.authenticate(Credentials(api_key=key))
 
     @_mapped
-    async def ServerLive(self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:  # noqa: N802
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
     @_mapped
-    async def ServerReady(self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext) -> pb.ServerReadyResponse:  # noqa: N802
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.core.ready)
 
     @_mapped
-    async def ServerMetadata(self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ServerMetadataResponse:  # noqa: N802
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
         return oip_grpc.server_metadata_to_proto(self.core.server_metadata())
 
     @_mapped
-    async def ModelReady(self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:  # noqa: N802
-        principal = self._principal(context)
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        principal = await self._principal(context)
         ready = self.core.model_ready(principal, request.name, request.version or None)
         return pb.ModelReadyResponse(ready=ready)
 
     @_mapped
-    async def ModelMetadata(self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext) -> pb.ModelMetadataResponse:  # noqa: N802
-        principal = self._principal(context)
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        principal = await self._principal(context)
         metadata = self.core.model_metadata(principal, request.name, request.version or None)
         return oip_grpc.model_metadata_to_proto(metadata)
 
     @_mapped
-    async def ModelInfer(self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:  # noqa: N802
-        principal = self._principal(context)
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        principal = await self._principal(context)
         infer_request = oip_grpc.request_from_proto(request)
         remaining = context.time_remaining()
         deadline = None if remaining is None else time.monotonic() + remaining
@@ -101,21 +115,27 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):  # type: ignore[misc]
         return oip_grpc.response_to_proto(response)
 
     @_mapped
-    async def RepositoryIndex(self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext) -> pb.RepositoryIndexResponse:  # noqa: N802
-        rows = self.core.repository_index(self._principal(context))
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        rows = self.core.repository_index(await self._principal(context))
         if request.ready:
             rows = [row for row in rows if row["state"] == "READY"]
         models = [pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
         return pb.RepositoryIndexResponse(models=models)
 
     @_mapped
-    async def RepositoryModelLoad(self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext) -> pb.RepositoryModelLoadResponse:  # noqa: N802
-        await self.core.load(self._principal(context), request.model_name)
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        await self.core.load(await self._principal(context), request.model_name)
         return pb.RepositoryModelLoadResponse()
 
     @_mapped
-    async def RepositoryModelUnload(self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext) -> pb.RepositoryModelUnloadResponse:  # noqa: N802
-        await self.core.unload(self._principal(context), request.model_name)
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.core.unload(await self._principal(context), request.model_name)
         return pb.RepositoryModelUnloadResponse()
 
 
@@ -132,7 +152,8 @@ def create_grpc_server(
         ("grpc.max_send_message_length", max_message_bytes),
     ]
     server = grpc.aio.server(options=options)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(Servicer(core, tls is not None), server)
+    servicer = Servicer(core, tls is not None)
+    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
     address = f"{host}:{port}"
     if tls is None:
         bound = server.add_insecure_port(address)

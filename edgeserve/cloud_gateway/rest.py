@@ -41,7 +41,7 @@ def _core(request: Request) -> GatewayCore:
 
 async def _principal(request: Request) -> Principal:
     key = request.headers.get("authorization") or request.headers.get("x-api-key")
-    return _core(request).authenticate(Credentials(api_key=key))
+    return await _core(request).authenticate(Credentials(api_key=key))
 
 
 Caller = Annotated[Principal, Depends(_principal)]
@@ -58,14 +58,24 @@ def create_rest_app(core: GatewayCore, max_body_bytes: int) -> FastAPI:
     @app.exception_handler(EdgeServeError)
     async def _error_response(request: Request, exc: EdgeServeError) -> Response:
         core.metrics.errors.labels(exc.code.label, "rest").inc()
-        log.warning("request refused", extra={"path": request.url.path, "code": exc.code.label,
-                                               "reason": exc.message,
-                                               "request_id": request.state.request_id})
+        log.warning(
+            "request refused",
+            extra={
+                "path": request.url.path,
+                "code": exc.code.label,
+                "reason": exc.message,
+                "request_id": request.state.request_id,
+            },
+        )
         headers = {}
         if isinstance(exc, RateLimited):
             headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-        return Response(oip_rest.error_body(exc.message), exc.code.http_status,
-                        headers=headers, media_type="application/json")
+        return Response(
+            oip_rest.error_body(exc.message),
+            exc.code.http_status,
+            headers=headers,
+            media_type="application/json",
+        )
 
     @app.exception_handler(RequestValidationError)
     async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
@@ -85,12 +95,17 @@ def create_rest_app(core: GatewayCore, max_body_bytes: int) -> FastAPI:
         started = time.perf_counter()
         response = await call_next(request)
         response.headers["x-request-id"] = request.state.request_id
-        access_log.info("request", extra={
-            "method": request.method, "path": request.url.path, "status": response.status_code,
-            "ms": round((time.perf_counter() - started) * 1e3, 3),
-            "request_id": request.state.request_id,
-            "trace_id": trace.split("-")[1] if trace.count("-") >= 3 else None,
-        })
+        access_log.info(
+            "request",
+            extra={
+                "method": request.method,
+                "path": request.url.path,
+                "status": response.status_code,
+                "ms": round((time.perf_counter() - started) * 1e3, 3),
+                "request_id": request.state.request_id,
+                "trace_id": trace.split("-")[1] if trace.count("-") >= 3 else None,
+            },
+        )
         return response
 
     return app
@@ -143,7 +158,9 @@ async def model_metadata(
 
 @router.get("/v2/models/{name}/ready")
 @router.get("/v2/models/{name}/versions/{version}/ready")
-async def model_ready(name: str, core: Core, caller: Caller, version: str | None = None) -> Response:
+async def model_ready(
+    name: str, core: Core, caller: Caller, version: str | None = None
+) -> Response:
     ready = core.model_ready(caller, name, version)
     return JSONResponse({"name": name, "ready": ready}, 200 if ready else 400)
 
@@ -160,8 +177,11 @@ async def infer(
     content, length = oip_rest.encode_response(response, infer_request)
     if length is None:
         return Response(content, media_type="application/json")
-    return Response(content, media_type="application/octet-stream",
-                    headers={"Inference-Header-Content-Length": str(length)})
+    return Response(
+        content,
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(length)},
+    )
 
 
 def _header_length(request: Request) -> int | None:

@@ -51,16 +51,21 @@ def build_core(config: GatewayConfig, executor: ThreadPoolExecutor) -> GatewayCo
         metrics.model_memory.clear()
         for version in repository.loaded():
             backend = version.backend
-            metrics.loaded.labels(version.name, version.version, backend.name,
-                                  backend.device).set(1)
+            metrics.loaded.labels(version.name, version.version, backend.name, backend.device).set(
+                1
+            )
             metrics.model_memory.labels(version.name, version.version).set(version.memory_bytes)
 
     config.repository_path.mkdir(parents=True, exist_ok=True)
     if not any(config.repository_path.iterdir()):
         seed_repository(config.repository_path)
     repository = ModelRepository(
-        config.repository_path, config.memory_budget_bytes, executor,
-        on_batch=on_batch, on_change=on_change, on_compute=on_compute,
+        config.repository_path,
+        config.memory_budget_bytes,
+        executor,
+        on_batch=on_batch,
+        on_change=on_change,
+        on_compute=on_compute,
     )
     authenticator = Authenticator(TenantStore(config.tenants_path))
     return GatewayCore(repository, authenticator, metrics)
@@ -94,10 +99,15 @@ async def serve(config: GatewayConfig) -> None:
     for name in config.preload:
         await core.repository.load(name)
     http_socket = _tcp_socket(config.host, config.http_port)
-    rest = _RestServer(uvicorn.Config(
-        create_rest_app(core, config.max_body_bytes), log_config=None, access_log=False,
-        lifespan="off", timeout_graceful_shutdown=int(GRACE_SECONDS),
-    ))
+    rest = _RestServer(
+        uvicorn.Config(
+            create_rest_app(core, config.max_body_bytes),
+            log_config=None,
+            access_log=False,
+            lifespan="off",
+            timeout_graceful_shutdown=int(GRACE_SECONDS),
+        )
+    )
     grpc_plain, grpc_port = create_grpc_server(core, config.host, config.grpc_port)
     servers = [grpc_plain]
     ports = {"http": http_socket.getsockname()[1], "grpc": grpc_port}

@@ -82,8 +82,7 @@ def issue_server_cert(
     ips: Sequence[str] = ("127.0.0.1", "::1"),
 ) -> CertPaths:
     """``<name>.pem``/``<name>.key`` for a TLS server reachable at ``hostnames`` and ``ips``."""
-    sans: list[x509.GeneralName] = [x509.DNSName(host) for host in hostnames]
-    sans += [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+    sans = _server_sans(hostnames, ips)
     if not sans:
         raise ValueError("a server certificate needs at least one hostname or IP address")
     subject = hostnames[0] if hostnames else ips[0]
@@ -108,10 +107,12 @@ def ensure_dev_pki(
         create_dev_ca(directory)
     ca_cert = _load_cert(ca.cert)
     server = CertPaths(directory / "server.pem", directory / "server.key")
-    if not _usable(server, ca_cert, RENEW_BEFORE):
+    wanted = set(_server_sans(hostnames, ips))
+    if not _usable(server, ca_cert, RENEW_BEFORE) or _sans_of(server.cert) != wanted:
         issue_server_cert(ca, directory, "server", hostnames, ips)
     pairs = {}
     for device_id in devices:
+        _check_name(device_id)
         pair = CertPaths(
             directory / "devices" / f"{device_id}.pem", directory / "devices" / f"{device_id}.key"
         )
@@ -156,8 +157,7 @@ def _issue(
     usage: x509.ObjectIdentifier,
     sans: list[x509.GeneralName],
 ) -> CertPaths:
-    if not _SAFE_NAME.fullmatch(file_stem):
-        raise ValueError(f"{file_stem!r} is not a safe certificate name ({_SAFE_NAME.pattern})")
+    _check_name(file_stem)
     ca_cert, ca_key = _load_cert(ca.cert), _load_key(ca.key)
     key = ec.generate_private_key(ec.SECP256R1())
     now = _now()
@@ -183,6 +183,24 @@ def _issue(
     paths = CertPaths(directory / f"{file_stem}.pem", directory / f"{file_stem}.key")
     _write_pair(paths, builder.sign(ca_key, hashes.SHA256()), key)
     return paths
+
+
+def _check_name(name: str) -> None:
+    if not _SAFE_NAME.fullmatch(name):
+        raise ValueError(f"{name!r} is not a safe certificate name ({_SAFE_NAME.pattern})")
+
+
+def _server_sans(hostnames: Sequence[str], ips: Sequence[str]) -> list[x509.GeneralName]:
+    sans: list[x509.GeneralName] = [x509.DNSName(host) for host in hostnames]
+    return sans + [x509.IPAddress(ipaddress.ip_address(ip)) for ip in ips]
+
+
+def _sans_of(path: Path) -> set[x509.GeneralName]:
+    try:
+        extensions = _load_cert(path).extensions
+        return set(extensions.get_extension_for_class(x509.SubjectAlternativeName).value)
+    except x509.ExtensionNotFound:
+        return set()
 
 
 def _key_usage(cert_sign: bool) -> x509.KeyUsage:

@@ -27,8 +27,12 @@ def digits():
 
 @pytest.fixture
 def gateway(start_gateway):
-    return start_gateway(tenants={"app": {"rate_per_s": 1000, "burst": 1000},
-                                  "fleet": {"kind": "device", "allowed_models": [MODEL]}})
+    return start_gateway(
+        tenants={
+            "app": {"rate_per_s": 1000, "burst": 1000},
+            "fleet": {"kind": "device", "allowed_models": [MODEL]},
+        }
+    )
 
 
 def _triton(gateway):
@@ -56,7 +60,7 @@ def test_grpc_without_key_is_unauthenticated(gateway, digits):
 
     tensor = grpcclient.InferInput("input", [1, 64], "FP32")
     tensor.set_data_from_numpy(digits[0][:1])
-    with pytest.raises(InferenceServerException, match="UNAUTHENTICATED|api key"):
+    with pytest.raises(InferenceServerException, match=r"UNAUTHENTICATED|api key"):
         _triton(gateway).infer(MODEL, [tensor])
 
 
@@ -70,8 +74,9 @@ def test_grpc_bad_input_is_invalid_argument(gateway):
 
 
 def _mtls_stub(gateway, cert: bytes | None, key: bytes | None, ca: bytes):
-    credentials = grpc.ssl_channel_credentials(root_certificates=ca, private_key=key,
-                                               certificate_chain=cert)
+    credentials = grpc.ssl_channel_credentials(
+        root_certificates=ca, private_key=key, certificate_chain=cert
+    )
     channel = grpc.secure_channel(f"localhost:{gateway.process.ports['grpc_mtls']}", credentials)
     return channel, pb_grpc.GRPCInferenceServiceStub(channel)
 
@@ -87,8 +92,9 @@ def test_registered_device_infers_over_mtls(gateway, digits):
     store.close()
     pki = ensure_dev_pki(gateway.state_dir / "pki", devices=["device-7"])
     cert, key = pki.devices["device-7"]
-    channel, stub = _mtls_stub(gateway, cert.read_bytes(), key.read_bytes(),
-                               pki.ca.cert.read_bytes())
+    channel, stub = _mtls_stub(
+        gateway, cert.read_bytes(), key.read_bytes(), pki.ca.cert.read_bytes()
+    )
     with channel:
         reply = stub.ModelInfer(_infer_proto(digits), timeout=10)
     assert oip_grpc.response_from_proto(reply).parameters["tier"] == "cloud"
@@ -97,8 +103,9 @@ def test_registered_device_infers_over_mtls(gateway, digits):
 def test_unregistered_device_certificate_is_refused(gateway, digits):
     pki = ensure_dev_pki(gateway.state_dir / "pki", devices=["stranger"])
     cert, key = pki.devices["stranger"]
-    channel, stub = _mtls_stub(gateway, cert.read_bytes(), key.read_bytes(),
-                               pki.ca.cert.read_bytes())
+    channel, stub = _mtls_stub(
+        gateway, cert.read_bytes(), key.read_bytes(), pki.ca.cert.read_bytes()
+    )
     with channel, pytest.raises(grpc.RpcError) as error:
         stub.ModelInfer(_infer_proto(digits), timeout=10)
     assert error.value.code() == grpc.StatusCode.PERMISSION_DENIED

@@ -25,8 +25,12 @@ def digits():
 def gateway(start_gateway):
     return start_gateway(
         tenants={
-            "alpha": {"allowed_models": [MODEL], "rate_per_s": 1000, "burst": 1000,
-                      "max_in_flight": 256},
+            "alpha": {
+                "allowed_models": [MODEL],
+                "rate_per_s": 1000,
+                "burst": 1000,
+                "max_in_flight": 256,
+            },
             "beta": {"allowed_models": ["digits-edge-fp32"], "rate_per_s": 1000, "burst": 1000},
             "admin": {"allowed_models": ["*"], "rate_per_s": 1000, "burst": 1000},
         }
@@ -34,8 +38,16 @@ def gateway(start_gateway):
 
 
 def _body(x: np.ndarray, **parameters) -> bytes:
-    document = {"inputs": [{"name": "input", "shape": list(x.shape), "datatype": "FP32",
-                            "data": x.reshape(-1).tolist()}]}
+    document = {
+        "inputs": [
+            {
+                "name": "input",
+                "shape": list(x.shape),
+                "datatype": "FP32",
+                "data": x.reshape(-1).tolist(),
+            }
+        ]
+    }
     if parameters:
         document["parameters"] = parameters
     return orjson.dumps(document)
@@ -64,8 +76,11 @@ def test_infer_answers_with_cloud_tier_parameters(gateway, digits):
 def test_missing_and_bad_keys_are_401(gateway, digits):
     x, _ = digits
     assert _infer(gateway, None, _body(x[:1])).status_code == 401
-    reply = httpx.post(f"{gateway.http}/v2/models/{MODEL}/infer", content=_body(x[:1]),
-                       headers={"Authorization": "Bearer es_nope_nope"})
+    reply = httpx.post(
+        f"{gateway.http}/v2/models/{MODEL}/infer",
+        content=_body(x[:1]),
+        headers={"Authorization": "Bearer es_nope_nope"},
+    )
     assert reply.status_code == 401
     assert "error" in reply.json()
 
@@ -119,34 +134,80 @@ def test_rate_limit_gives_429_with_retry_after(start_gateway, digits):
 
 def test_concurrent_requests_are_batched_and_results_match_unbatched(gateway, digits):
     x, _ = digits
-    alone = [np.array(_infer(gateway, "alpha", _body(x[i : i + 1])).json()["outputs"][0]["data"])
-             for i in range(32)]
+    alone = [
+        np.array(_infer(gateway, "alpha", _body(x[i : i + 1])).json()["outputs"][0]["data"])
+        for i in range(32)
+    ]
     with concurrent.futures.ThreadPoolExecutor(32) as pool:
         replies = list(pool.map(lambda i: _infer(gateway, "alpha", _body(x[i : i + 1])), range(32)))
     for i, reply in enumerate(replies):
-        np.testing.assert_allclose(reply.json()["outputs"][0]["data"], alone[i], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            reply.json()["outputs"][0]["data"], alone[i], rtol=1e-5, atol=1e-5
+        )
     metrics = httpx.get(f"{gateway.http}/metrics").text
-    batch_rows = [line for line in metrics.splitlines()
-                  if line.startswith("edgeserve_gateway_batch_size_bucket") and 'le="1.0"' in line]
-    count_line = next(line for line in metrics.splitlines()
-                      if line.startswith("edgeserve_gateway_batch_size_count"))
+    batch_rows = [
+        line
+        for line in metrics.splitlines()
+        if line.startswith("edgeserve_gateway_batch_size_bucket") and 'le="1.0"' in line
+    ]
+    count_line = next(
+        line
+        for line in metrics.splitlines()
+        if line.startswith("edgeserve_gateway_batch_size_count")
+    )
     single = float(batch_rows[0].split()[-1])
     assert float(count_line.split()[-1]) > single, "some batch held more than one request"
 
 
 def test_admin_can_unload_and_load_a_model(gateway, digits):
     headers = gateway.headers("admin")
-    assert httpx.post(f"{gateway.http}/v2/repository/models/{MODEL}/load",
-                      headers=headers).status_code == 200
+    assert (
+        httpx.post(f"{gateway.http}/v2/repository/models/{MODEL}/load", headers=headers).status_code
+        == 200
+    )
     ready = httpx.get(f"{gateway.http}/v2/models/{MODEL}/ready", headers=headers)
     assert ready.status_code == 200
-    assert httpx.post(f"{gateway.http}/v2/repository/models/{MODEL}/unload",
-                      headers=headers).status_code == 200
+    assert (
+        httpx.post(
+            f"{gateway.http}/v2/repository/models/{MODEL}/unload", headers=headers
+        ).status_code
+        == 200
+    )
     assert httpx.get(f"{gateway.http}/v2/models/{MODEL}/ready", headers=headers).status_code == 400
     assert _infer(gateway, "admin", _body(digits[0][:1])).status_code == 200  # lazy reload
 
 
 def test_non_admin_tenant_may_not_unload(gateway):
-    reply = httpx.post(f"{gateway.http}/v2/repository/models/{MODEL}/unload",
-                       headers=gateway.headers("alpha"))
+    reply = httpx.post(
+        f"{gateway.http}/v2/repository/models/{MODEL}/unload", headers=gateway.headers("alpha")
+    )
     assert reply.status_code == 403
+
+
+def test_a_flooding_tenant_is_throttled_while_another_is_served(start_gateway, digits):
+    gateway = start_gateway(tenants={
+        "flood": {"rate_per_s": 2, "burst": 5, "max_in_flight": 8},
+        "quiet": {"rate_per_s": 1000, "burst": 1000},
+    })
+    body = _body(digits[0][:1])
+    with concurrent.futures.ThreadPoolExecutor(16) as pool:
+        flood = [pool.submit(_infer, gateway, "flood", body) for _ in range(200)]
+        quiet = [_infer(gateway, "quiet", body) for _ in range(20)]
+        flood_codes = [f.result().status_code for f in flood]
+    assert all(reply.status_code == 200 for reply in quiet)
+    assert flood_codes.count(429) >= 150
+    assert set(flood_codes) <= {200, 429}
+
+
+def test_tritonclient_http_works_against_the_gateway(gateway, digits):
+    httpclient = pytest.importorskip("tritonclient.http")
+    x, y = digits
+    client = httpclient.InferenceServerClient(url=gateway.http.removeprefix("http://"))
+    headers = gateway.headers("alpha")
+    assert client.is_server_live() and client.is_server_ready()
+    assert client.get_model_metadata(MODEL, headers=headers)["name"] == MODEL
+    tensor = httpclient.InferInput("input", [8, 64], "FP32")
+    tensor.set_data_from_numpy(x[:8])
+    result = client.infer(MODEL, [tensor], headers=headers)
+    assert np.mean(result.as_numpy("logits").argmax(1) == y[:8]) >= 0.75
+    client.close()

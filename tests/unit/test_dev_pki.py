@@ -216,6 +216,17 @@ def test_a_replaced_ca_gets_every_leaf_reissued(pki, tmp_path):
         x509.load_pem_x509_certificate(pair.cert.read_bytes()).verify_directly_issued_by(ca)
 
 
+def test_changed_server_names_get_the_server_certificate_reissued(pki, tmp_path):
+    before = pki.server.cert.read_bytes()
+
+    renewed = ensure_dev_pki(tmp_path / "pki", ["dev-1"], hostnames=["gateway.local"])
+
+    server = x509.load_pem_x509_certificate(renewed.server.cert.read_bytes())
+    sans = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert renewed.server.cert.read_bytes() != before
+    assert sans.get_values_for_type(x509.DNSName) == ["gateway.local"]
+
+
 def test_a_device_name_cannot_escape_the_folder(tmp_path):
     with pytest.raises(ValueError, match="not a safe certificate name"):
         ensure_dev_pki(tmp_path / "pki", ["../../etc/evil"])

@@ -182,16 +182,26 @@ class ModelRepository:
             raise InternalError(f"loading {config.name}/{version} failed: {exc}") from exc
         self._failures.pop(config.name, None)
         loaded = LoadedVersion(
-            config, version, backend, self._batcher(config, version, backend),
-            loaded_at=time.time(), load_seconds=time.perf_counter() - started,
+            config,
+            version,
+            backend,
+            self._batcher(config, version, backend),
+            loaded_at=time.time(),
+            load_seconds=time.perf_counter() - started,
         )
         loaded.batcher.start()
         self._loaded[(config.name, version)] = loaded
         log.info(
             "model loaded",
-            extra={"model": config.name, "version": version, "backend": backend.name,
-                   "providers": backend.providers, "device": backend.device,
-                   "seconds": round(loaded.load_seconds, 3), "bytes": backend.memory_bytes},
+            extra={
+                "model": config.name,
+                "version": version,
+                "backend": backend.name,
+                "providers": backend.providers,
+                "device": backend.device,
+                "seconds": round(loaded.load_seconds, 3),
+                "bytes": backend.memory_bytes,
+            },
         )
         self._changed()
         return loaded
@@ -215,7 +225,9 @@ class ModelRepository:
                 report(config.name, version, size, waits)
 
         return DynamicBatcher(
-            self._timed(config.name, backend), self._inference_executor, batching,
+            self._timed(config.name, backend),
+            self._inference_executor,
+            batching,
             on_batch=on_batch,
             model=f"{config.name}/{version}",
         )
@@ -273,7 +285,7 @@ def _served(config_file: Path) -> list[str]:
     policy = config.version_policy
     if policy.specific is not None:
         return [v for v in present if v in policy.specific]
-    return present[-(policy.latest or 1):]
+    return present[-(policy.latest or 1) :]
 
 
 def _estimate_bytes(config: ModelConfig, version_dir: Path) -> int:

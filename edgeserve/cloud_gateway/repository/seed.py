@@ -30,8 +30,13 @@ def config_from_card(card: ModelCard, max_batch_size: int = 64) -> str:
     ]
     for kind, specs in (("inputs", card.inputs), ("outputs", card.outputs)):
         for spec in specs:
-            lines += [f"[[{kind}]]", f'name = "{spec.name}"', f'datatype = "{spec.datatype}"',
-                      f"shape = {spec.shape}", ""]
+            lines += [
+                f"[[{kind}]]",
+                f'name = "{spec.name}"',
+                f'datatype = "{spec.datatype}"',
+                f"shape = {spec.shape}",
+                "",
+            ]
     return "\n".join(line for line in lines if line is not None) + "\n"
 
 

@@ -128,7 +128,8 @@ class TenantStore:
             if _tenant_row(conn, name) is not None:
                 raise TenantExists(f"tenant '{name}' already exists")
             conn.execute(
-                f"INSERT INTO tenants ({_TENANT_COLUMNS}, created_at) VALUES (?,?,?,?,?,?,?,?,?)",
+                f"INSERT INTO tenants ({_TENANT_COLUMNS}, created_at)"
+                f" VALUES ({', '.join('?' * (len(_TENANT_FIELDS) + 1))})",
                 (*_tenant_values(tenant), time.time()),
             )
             _insert_key(conn, key, name, key_hash)
@@ -154,8 +155,8 @@ class TenantStore:
                 raise TenantNotFound(f"tenant '{name}' does not exist")
             tenant = _validated(**{**_tenant_from_row(row).model_dump(), **fields})
             conn.execute(
-                "UPDATE tenants SET allowed_models=?, rate_per_s=?, burst=?, max_in_flight=?,"
-                " weight=?, priority_tier=?, kind=? WHERE name=?",
+                f"UPDATE tenants SET {', '.join(f'{f} = ?' for f in _TENANT_FIELDS[1:])}"
+                " WHERE name = ?",
                 (*_tenant_values(tenant)[1:], name),
             )
         self._notify(name)
