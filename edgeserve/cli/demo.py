@@ -3,7 +3,9 @@
 Today: an edge agent as a real process serving the int8 ONNX and the TFLite digit
 models with no network, the held-out test digits sent through its OIP v2 REST API,
 cache hits on repeated inputs, bad inputs refused with precise errors while the agent
-keeps serving, and a clean SIGTERM shutdown.
+keeps serving; then the cloud gateway as a second process, with two tenants, the
+cloud model answering concurrent clients in dynamic batches, and its refusals (401,
+403, 404, 429 with Retry-After); and a clean SIGTERM shutdown of both.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ from rich.panel import Panel
 from rich.progress import track
 from rich.table import Table
 
+from edgeserve.cli.demo_cloud import show_cloud, start_gateway
 from edgeserve.client import OipError, OipHttpClient
 from edgeserve.edge_agent.core import packaged_artifacts
 from edgeserve.models.data import load_split
@@ -55,16 +58,21 @@ def run_demo(requests: int) -> int:
             f"edge agent pid {agent.pid} ready on 127.0.0.1:{port} in "
             f"{time.perf_counter() - started:.1f}s, offline, serving {', '.join(DEMO_MODELS)}"
         )
+        gateway = None
         try:
             with OipHttpClient(f"http://127.0.0.1:{port}") as client:
                 _local_answers(client, x, y)
                 _cache_hits(client, x)
                 _bad_inputs(client, x)
                 _metrics(client)
+            gateway, keys = start_gateway(workdir)
+            show_cloud(console, gateway, keys, x, y)
         finally:
-            code = agent.stop()
-        console.print(f"agent stopped on SIGTERM with exit code {code}")
-        return 0 if code == 0 else 1
+            codes = {"agent": agent.stop()}
+            if gateway is not None:
+                codes["gateway"] = gateway.stop()
+        console.print(f"stopped on SIGTERM, exit codes: {codes}")
+        return 0 if not any(codes.values()) else 1
 
 
 def _local_answers(

@@ -1,0 +1,144 @@
+"""The demo's cloud part: a gateway process, two tenants, batching and refusals."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import numpy.typing as npt
+from rich.console import Console
+from rich.table import Table
+
+from edgeserve.client import NODELAY
+from edgeserve.cloud_gateway.tenancy import TenantStore
+from edgeserve.processes import ServiceProcess
+from edgeserve.wire import oip_rest
+from edgeserve.wire.tensors import InferRequest, InferTensor
+
+CLOUD_MODEL = "digits-cloud"
+
+
+def start_gateway(workdir: Path) -> tuple[ServiceProcess, dict[str, str]]:
+    """A gateway with tenant 'apps' (all models) and 'limited' (2 req/s, one model)."""
+    state = workdir / "gateway-state"
+    state.mkdir()
+    with TenantStore(state / "tenants.db") as store:
+        _, apps = store.add_tenant("apps", ["*"], rate_per_s=2000, burst=2000, max_in_flight=256)
+        _, limited = store.add_tenant("limited", ["digits-edge-fp32"], rate_per_s=2, burst=3)
+    gateway = ServiceProcess.edgeserve(
+        "gateway",
+        "run",
+        port_file=workdir / "gateway.port",
+        log_file=workdir / "gateway.log",
+        env={
+            "EDGESERVE_GATEWAY_STATE_DIR": str(state),
+            "EDGESERVE_GATEWAY_HTTP_PORT": "0",
+            "EDGESERVE_GATEWAY_GRPC_PORT": "0",
+            "EDGESERVE_GATEWAY_GRPC_MTLS_PORT": "0",
+        },
+    )
+    gateway.start()
+    return gateway, {"apps": apps, "limited": limited}
+
+
+def _post(
+    http: httpx.Client, key: str | None, model: str, x: npt.NDArray[np.float32]
+) -> httpx.Response:
+    request = InferRequest(model, [InferTensor.from_numpy("input", x)])
+    request.parameters["binary_data_output"] = True
+    body, length = oip_rest.encode_request(request, binary=True)
+    headers = {"Inference-Header-Content-Length": str(length)}
+    if key:
+        headers["Authorization"] = f"Bearer {key}"
+    return http.post(f"/v2/models/{model}/infer", content=body, headers=headers)
+
+
+def show_cloud(
+    console: Console,
+    gateway: ServiceProcess,
+    keys: dict[str, str],
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+) -> None:
+    ports = gateway.ports
+    console.rule("5. cloud gateway: OIP v2 over REST and gRPC, tenants, dynamic batching")
+    console.print(
+        f"gateway pid {gateway.pid}: REST :{ports['http']}, gRPC :{ports['grpc']}, "
+        f"gRPC mTLS (devices) :{ports['grpc_mtls']}"
+    )
+    transport = httpx.HTTPTransport(
+        socket_options=[NODELAY], limits=httpx.Limits(max_connections=64)
+    )
+    base = f"http://127.0.0.1:{ports['http']}"
+    with httpx.Client(base_url=base, timeout=30, transport=transport) as http:
+        _concurrent_load(console, http, keys["apps"], x, y)
+        _refusals(console, http, keys, x)
+        _batching(console, http)
+
+
+def _concurrent_load(
+    console: Console,
+    http: httpx.Client,
+    key: str,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+) -> None:
+    started = time.perf_counter()
+    with concurrent.futures.ThreadPoolExecutor(32) as pool:
+        replies = list(
+            pool.map(lambda i: _post(http, key, CLOUD_MODEL, x[i : i + 1]), range(len(x)))
+        )
+    elapsed = time.perf_counter() - started
+    correct = 0
+    for i, reply in enumerate(replies):
+        length = int(reply.headers["Inference-Header-Content-Length"])
+        logits = oip_rest.decode_response(reply.content, length).output("logits").data
+        correct += int(np.argmax(logits) == y[i])
+    console.print(
+        f"{len(x)} digits from 32 concurrent clients: accuracy {correct / len(x):.2%} "
+        f"(cloud CNN), {len(x) / elapsed:.0f} req/s through the Python client"
+    )
+
+
+def _refusals(
+    console: Console, http: httpx.Client, keys: dict[str, str], x: npt.NDArray[np.float32]
+) -> None:
+    cases = [
+        ("no API key", None, CLOUD_MODEL),
+        ("wrong API key", "es_000000000000_" + "x" * 43, CLOUD_MODEL),
+        ("tenant 'limited' calls a model it may not use", keys["limited"], CLOUD_MODEL),
+        ("unknown model", keys["apps"], "no-such-model"),
+    ]
+    table = Table("case", "status", "error")
+    for label, key, model in cases:
+        reply = _post(http, key, model, x[:1])
+        table.add_row(label, str(reply.status_code), reply.json()["error"])
+    flood = [_post(http, keys["limited"], "digits-edge-fp32", x[:1]) for _ in range(6)]
+    codes = [r.status_code for r in flood]
+    last = flood[-1]
+    table.add_row(
+        "'limited' sends 6 requests at once (2 req/s, burst 3)",
+        " ".join(map(str, codes)),
+        f"Retry-After: {last.headers.get('Retry-After')}; {last.json().get('error', '')}",
+    )
+    console.print(table)
+
+
+def _batching(console: Console, http: httpx.Client) -> None:
+    text = http.get("/metrics").text
+    count = _metric(text, f'edgeserve_gateway_batch_size_count{{model="{CLOUD_MODEL}"}}')
+    rows = _metric(text, f'edgeserve_gateway_batch_size_sum{{model="{CLOUD_MODEL}"}}')
+    if count:
+        console.print(
+            f"dynamic batching: {int(rows)} requests ran in {int(count)} batches "
+            f"(mean {rows / count:.1f} rows per batch)"
+        )
+
+
+def _metric(text: str, name: str) -> float:
+    match = re.search(re.escape(name) + r" ([0-9.e+]+)", text)
+    return float(match.group(1)) if match else 0.0
