@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
 
 LATENCY = (1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 5e-2, 0.1, 0.25, 0.5, 1, 2.5)
 BATCH_SIZES = (1, 2, 4, 8, 16, 32, 64, 128, 256)
@@ -61,12 +65,23 @@ class GatewayMetrics:
             ["model", "version"],
             registry=self.registry,
         )
-        self.queue_depth = Gauge(
-            "edgeserve_gateway_queue_depth",
-            "Requests waiting per model",
-            ["model"],
-            registry=self.registry,
-        )
+
+    def watch_queues(self, depths: Callable[[], dict[str, int]]) -> None:
+        """Export ``depths()`` (model -> waiting requests) at each scrape: the autoscaling signal."""
+        self.registry.register(_QueueDepth(depths))
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _QueueDepth(Collector):
+    def __init__(self, depths: Callable[[], dict[str, int]]) -> None:
+        self._depths = depths
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(
+            "edgeserve_gateway_queue_depth", "Requests waiting per model", labels=["model"]
+        )
+        for model, depth in sorted(self._depths().items()):
+            family.add_metric([model], depth)
+        yield family

@@ -67,6 +67,9 @@ def build_core(config: GatewayConfig, executor: ThreadPoolExecutor) -> GatewayCo
         on_change=on_change,
         on_compute=on_compute,
     )
+    metrics.watch_queues(
+        lambda: {f"{v.name}/{v.version}": v.batcher.queue_depth for v in repository.loaded()}
+    )
     authenticator = Authenticator(TenantStore(config.tenants_path))
     return GatewayCore(repository, authenticator, metrics)
 

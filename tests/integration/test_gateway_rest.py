@@ -155,6 +155,7 @@ def test_concurrent_requests_are_batched_and_results_match_unbatched(gateway, di
         for line in metrics.splitlines()
         if line.startswith("edgeserve_gateway_batch_size_count")
     )
+    assert 'edgeserve_gateway_queue_depth{model="digits-cloud/1"}' in metrics
     single = float(batch_rows[0].split()[-1])
     assert float(count_line.split()[-1]) > single, "some batch held more than one request"
 
