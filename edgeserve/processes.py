@@ -116,3 +116,39 @@ class ServiceProcess:
         self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         self.stop()
+
+
+def agent_process(workdir: Path, name: str = "agent", **settings: str) -> ServiceProcess:
+    """An edge agent child on a free loopback port, its state and log under ``workdir``.
+
+    ``settings`` are agent config keys (``models='["a"]'``, ``cache_entries="0"``...).
+    """
+    env = {"EDGESERVE_AGENT_PORT": "0", "EDGESERVE_AGENT_STATE_DIR": str(workdir / f"{name}-state")}
+    env.update({f"EDGESERVE_AGENT_{key.upper()}": value for key, value in settings.items()})
+    return ServiceProcess.edgeserve(
+        "agent",
+        "run",
+        port_file=workdir / f"{name}.port",
+        log_file=workdir / f"{name}.log",
+        env=env,
+    )
+
+
+def gateway_process(
+    workdir: Path, state_dir: Path, name: str = "gateway", **settings: str
+) -> ServiceProcess:
+    """A gateway child with all three listeners on free loopback ports (``.ports``)."""
+    env = {
+        "EDGESERVE_GATEWAY_STATE_DIR": str(state_dir),
+        "EDGESERVE_GATEWAY_HTTP_PORT": "0",
+        "EDGESERVE_GATEWAY_GRPC_PORT": "0",
+        "EDGESERVE_GATEWAY_GRPC_MTLS_PORT": "0",
+    }
+    env.update({f"EDGESERVE_GATEWAY_{key.upper()}": value for key, value in settings.items()})
+    return ServiceProcess.edgeserve(
+        "gateway",
+        "run",
+        port_file=workdir / f"{name}.port",
+        log_file=workdir / f"{name}.log",
+        env=env,
+    )

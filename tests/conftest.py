@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.processes import ServiceProcess
+from edgeserve.processes import ServiceProcess, agent_process, gateway_process
 
 StartAgent = Callable[..., ServiceProcess]
 
@@ -21,19 +21,10 @@ def start_agent(tmp_path: Path) -> Iterator[StartAgent]:
 
     def start(models: list[str] | None = None, state_dir: Path | None = None, **env: str):
         index = len(started)
-        settings = {
-            "EDGESERVE_AGENT_PORT": "0",
-            "EDGESERVE_AGENT_STATE_DIR": str(state_dir or tmp_path / f"agent-{index}"),
-            "EDGESERVE_AGENT_MODELS": json.dumps(models or ["digits-edge"]),
-        }
-        settings.update({f"EDGESERVE_AGENT_{key.upper()}": value for key, value in env.items()})
-        agent = ServiceProcess.edgeserve(
-            "agent",
-            "run",
-            port_file=tmp_path / f"agent-{index}.port",
-            log_file=tmp_path / f"agent-{index}.log",
-            env=settings,
-        )
+        settings = {"models": json.dumps(models or ["digits-edge"]), **env}
+        if state_dir is not None:
+            settings["state_dir"] = str(state_dir)
+        agent = agent_process(tmp_path, name=f"agent-{index}", **settings)
         started.append(agent)
         agent.start()
         return agent
@@ -80,20 +71,7 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
         for name, fields in (tenants or {"app": {}}).items():
             _, keys[name] = store.add_tenant(name, **{"allowed_models": ["*"], **fields})
         store.close()
-        settings = {
-            "EDGESERVE_GATEWAY_HTTP_PORT": "0",
-            "EDGESERVE_GATEWAY_GRPC_PORT": "0",
-            "EDGESERVE_GATEWAY_GRPC_MTLS_PORT": "0",
-            "EDGESERVE_GATEWAY_STATE_DIR": str(state),
-        }
-        settings.update({f"EDGESERVE_GATEWAY_{k.upper()}": v for k, v in env.items()})
-        process = ServiceProcess.edgeserve(
-            "gateway",
-            "run",
-            port_file=tmp_path / f"gateway-{index}.port",
-            log_file=tmp_path / f"gateway-{index}.log",
-            env=settings,
-        )
+        process = gateway_process(tmp_path, state, name=f"gateway-{index}", **env)
         started.append(process)
         process.start()
         return Gateway(process, state, keys)
@@ -101,3 +79,12 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
     yield start
     for process in started:
         process.stop()
+
+
+@pytest.fixture(scope="session")
+def digits():
+    """The held-out test split, from the committed artifacts."""
+    from edgeserve.edge_agent.core import packaged_artifacts
+    from edgeserve.models.data import load_split
+
+    return load_split(packaged_artifacts(), "test")

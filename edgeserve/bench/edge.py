@@ -30,7 +30,7 @@ from edgeserve.edge_agent.core import AgentCore, packaged_artifacts
 from edgeserve.edge_agent.runtimes import RuntimeOptions
 from edgeserve.edge_agent.runtimes.tflite import TFLiteSession
 from edgeserve.models.data import load_split
-from edgeserve.processes import ServiceProcess
+from edgeserve.processes import agent_process
 from edgeserve.wire import oip_rest
 from edgeserve.wire.tensors import InferRequest, InferTensor
 
@@ -115,18 +115,7 @@ def bench_rest(
     rows: list[Array], requests: int, workdir: Path, progress: Progress
 ) -> dict[str, Latencies]:
     session = raw_session(packaged_artifacts() / "digits-edge.onnx")
-    agent = ServiceProcess.edgeserve(
-        "agent",
-        "run",
-        port_file=workdir / "agent.port",
-        log_file=workdir / "agent.log",
-        env={
-            "EDGESERVE_AGENT_PORT": "0",
-            "EDGESERVE_AGENT_STATE_DIR": str(workdir / "rest-state"),
-            "EDGESERVE_AGENT_CACHE_ENTRIES": "0",
-            "EDGESERVE_AGENT_LOG_LEVEL": "ERROR",
-        },
-    )
+    agent = agent_process(workdir, name="rest", cache_entries="0", log_level="ERROR")
     port = agent.start()
     connection = http.client.HTTPConnection("127.0.0.1", port)
     bodies = []

@@ -27,7 +27,7 @@ from edgeserve.cli.demo_cloud import show_cloud, start_gateway
 from edgeserve.client import OipError, OipHttpClient
 from edgeserve.edge_agent.core import packaged_artifacts
 from edgeserve.models.data import load_split
-from edgeserve.processes import ServiceProcess
+from edgeserve.processes import agent_process
 
 DEMO_MODELS = ["digits-edge", "digits-edge-tflite"]
 console = Console()
@@ -39,17 +39,8 @@ def run_demo(requests: int) -> int:
         x, y = x[:requests], y[:requests]
     with tempfile.TemporaryDirectory(prefix="edgeserve-demo-") as tmp:
         workdir = Path(tmp)
-        agent = ServiceProcess.edgeserve(
-            "agent",
-            "run",
-            port_file=workdir / "agent.port",
-            log_file=workdir / "agent.log",
-            env={
-                "EDGESERVE_AGENT_PORT": "0",
-                "EDGESERVE_AGENT_STATE_DIR": str(workdir / "agent-state"),
-                "EDGESERVE_AGENT_MODELS": json.dumps(DEMO_MODELS),
-                "EDGESERVE_AGENT_DEVICE_ID": "demo-device-1",
-            },
+        agent = agent_process(
+            workdir, models=json.dumps(DEMO_MODELS), device_id="demo-device-1"
         )
         console.rule("[bold]edgeserve demo")
         started = time.perf_counter()

@@ -15,7 +15,7 @@ from rich.table import Table
 
 from edgeserve.client import NODELAY
 from edgeserve.cloud_gateway.tenancy import TenantStore
-from edgeserve.processes import ServiceProcess
+from edgeserve.processes import ServiceProcess, gateway_process
 from edgeserve.wire import oip_rest
 from edgeserve.wire.tensors import InferRequest, InferTensor
 
@@ -29,18 +29,7 @@ def start_gateway(workdir: Path) -> tuple[ServiceProcess, dict[str, str]]:
     with TenantStore(state / "tenants.db") as store:
         _, apps = store.add_tenant("apps", ["*"], rate_per_s=2000, burst=2000, max_in_flight=256)
         _, limited = store.add_tenant("limited", ["digits-edge-fp32"], rate_per_s=2, burst=3)
-    gateway = ServiceProcess.edgeserve(
-        "gateway",
-        "run",
-        port_file=workdir / "gateway.port",
-        log_file=workdir / "gateway.log",
-        env={
-            "EDGESERVE_GATEWAY_STATE_DIR": str(state),
-            "EDGESERVE_GATEWAY_HTTP_PORT": "0",
-            "EDGESERVE_GATEWAY_GRPC_PORT": "0",
-            "EDGESERVE_GATEWAY_GRPC_MTLS_PORT": "0",
-        },
-    )
+    gateway = gateway_process(workdir, state)
     gateway.start()
     return gateway, {"apps": apps, "limited": limited}
 

@@ -67,7 +67,7 @@ class GatewayMetrics:
         )
 
     def watch_queues(self, depths: Callable[[], dict[str, int]]) -> None:
-        """Export ``depths()`` (model -> waiting requests) at each scrape: the autoscaling signal."""
+        """Export ``depths()`` (model -> waiting requests) at each scrape, for autoscaling."""
         self.registry.register(_QueueDepth(depths))
 
     def render(self) -> bytes:

@@ -26,9 +26,9 @@ from edgeserve.wire.errors import (
     EdgeServeError,
     InternalError,
     InvalidInput,
-    PayloadTooLarge,
     RateLimited,
 )
+from edgeserve.wire.http_body import read_limited_body
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("edgeserve.gateway.access")
@@ -195,14 +195,7 @@ def _header_length(request: Request) -> int | None:
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {declared} bytes exceeds the limit of {limit}")
-    chunks: list[bytes] = []
-    total = 0
-    async for chunk in request.stream():
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-    return b"".join(chunks)
+    headers = request.headers
+    return await read_limited_body(
+        request.stream(), headers.get("content-length"), headers.get("content-encoding"), limit
+    )

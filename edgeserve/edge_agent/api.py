@@ -10,8 +10,7 @@ the one place where errors meet HTTP.
 from __future__ import annotations
 
 import logging
-import zlib
-from collections.abc import Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,8 +24,8 @@ from edgeserve.wire.errors import (
     InternalError,
     InvalidInput,
     ModelNotFound,
-    PayloadTooLarge,
 )
+from edgeserve.wire.http_body import read_limited_body
 
 log = logging.getLogger(__name__)
 
@@ -184,39 +183,20 @@ def _header_length(request: HttpRequest) -> int | None:
 
 
 async def _read_body(request: HttpRequest, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it (or its decompressed form) passes ``limit``."""
-    declared = request.headers.get(b"content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
-        raise PayloadTooLarge(f"body of {int(declared)} bytes exceeds the limit of {limit}")
-    chunks: list[bytes] = []
-    total = 0
-    while True:
-        message = await request.receive()
-        if message["type"] == "http.disconnect":
-            raise InvalidInput("client disconnected before sending the whole body")
-        chunk = message.get("body", b"")
-        total += len(chunk)
-        if total > limit:
-            raise PayloadTooLarge(f"body exceeds the limit of {limit} bytes")
-        chunks.append(chunk)
-        if not message.get("more_body", False):
-            break
-    body = b"".join(chunks)
-    encoding = request.headers.get(b"content-encoding", b"identity").decode().lower()
-    if encoding in ("gzip", "deflate"):
-        return _decompress(body, encoding, limit)
-    if encoding != "identity":
-        raise InvalidInput(f"unsupported Content-Encoding '{encoding}'")
-    return body
+    async def chunks() -> AsyncIterator[bytes]:
+        while True:
+            message = await request.receive()
+            if message["type"] == "http.disconnect":
+                raise InvalidInput("client disconnected before sending the whole body")
+            yield message.get("body", b"")
+            if not message.get("more_body", False):
+                return
 
-
-def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
-    wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-    decompressor = zlib.decompressobj(wbits)
-    try:
-        plain = decompressor.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"body is not valid {encoding}: {exc}") from None
-    if len(plain) > limit:
-        raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
-    return plain
+    length = request.headers.get(b"content-length")
+    encoding = request.headers.get(b"content-encoding")
+    return await read_limited_body(
+        chunks(),
+        length.decode() if length is not None else None,
+        encoding.decode() if encoding is not None else None,
+        limit,
+    )

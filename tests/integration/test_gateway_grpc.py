@@ -7,8 +7,6 @@ import numpy as np
 import pytest
 
 from edgeserve.cloud_gateway.tenancy import TenantStore
-from edgeserve.edge_agent.core import packaged_artifacts
-from edgeserve.models.data import load_split
 from edgeserve.security.pki import ensure_dev_pki
 from edgeserve.wire import oip_grpc
 from edgeserve.wire.proto import grpc_service_pb2 as pb
@@ -18,11 +16,6 @@ from edgeserve.wire.tensors import InferRequest, InferTensor
 grpcclient = pytest.importorskip("tritonclient.grpc")
 pytestmark = pytest.mark.integration
 MODEL = "digits-cloud"
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_split(packaged_artifacts(), "test")
 
 
 @pytest.fixture

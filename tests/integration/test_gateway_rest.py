@@ -9,16 +9,8 @@ import numpy as np
 import orjson
 import pytest
 
-from edgeserve.edge_agent.core import packaged_artifacts
-from edgeserve.models.data import load_split
-
 pytestmark = pytest.mark.integration
 MODEL = "digits-cloud"
-
-
-@pytest.fixture(scope="module")
-def digits():
-    return load_split(packaged_artifacts(), "test")
 
 
 @pytest.fixture

@@ -121,7 +121,7 @@ def test_index_shows_state_and_a_broken_model_with_its_reason(repo_dir):
 
     async def body(repository: ModelRepository):
         await repository.get("digits-cloud")
-        with pytest.raises(Exception, match="digits-edge-fp32|onnx"):
+        with pytest.raises(Exception, match=r"digits-edge-fp32|onnx"):
             await repository.get("digits-edge-fp32")
         return {row["name"]: row for row in repository.index()}
 
