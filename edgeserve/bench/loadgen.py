@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import resource
 import sys
-import time
 from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
@@ -152,7 +152,11 @@ class GrpcSender:
             await stub.ModelInfer(message, metadata=self._metadata, timeout=self._timeout)
         except self._grpc.aio.AioRpcError as exc:
             code = exc.code()
-            return "timeout" if code == self._grpc.StatusCode.DEADLINE_EXCEEDED else f"grpc_{code.name}"
+            return (
+                "timeout"
+                if code == self._grpc.StatusCode.DEADLINE_EXCEEDED
+                else f"grpc_{code.name}"
+            )
         return "ok"
 
     async def close(self) -> None:
@@ -183,10 +187,8 @@ class HttpConnection:
         writer, self._writer, self._reader = self._writer, None, None
         if writer is not None:
             writer.close()
-            try:
+            with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            except OSError:
-                pass
 
 
 def parse_response_head(head: bytes) -> tuple[int, int, bool]:
@@ -217,7 +219,8 @@ def build_http_request(
         f"Host: {host}",
         f"Authorization: Bearer {key}",
         f"Content-Length: {len(body)}",
-        "Content-Type: " + ("application/json" if header_length is None else "application/octet-stream"),
+        "Content-Type: "
+        + ("application/json" if header_length is None else "application/octet-stream"),
     ]
     if header_length is not None:
         lines.append(f"Inference-Header-Content-Length: {header_length}")
@@ -328,6 +331,17 @@ def _settings(args: argparse.Namespace) -> dict[str, Any]:
     settings = {k: getattr(args, k) for k in keys}
     settings["connections"] = args.connections or args.concurrency
     return settings
+
+
+def command(
+    target: str, address: str, model: str, key: str, out: Path, **options: float | int
+) -> list[str]:
+    """The argv that runs this load generator as a child process of this interpreter."""
+    argv = [sys.executable, "-m", "edgeserve.bench.loadgen", "--target", target]
+    argv += ["--address", address, "--model", model, "--key", key, "--out", str(out)]
+    for name, value in options.items():
+        argv += [f"--{name.replace('_', '-')}", str(value)]
+    return argv
 
 
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:

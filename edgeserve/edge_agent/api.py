@@ -17,7 +17,7 @@ from typing import Any
 import orjson
 
 from edgeserve.edge_agent.core import AgentCore
-from edgeserve.edge_agent.executor import BoundedExecutor
+from edgeserve.edge_agent.router import Router
 from edgeserve.wire import oip_rest
 from edgeserve.wire.errors import (
     EdgeServeError,
@@ -26,6 +26,7 @@ from edgeserve.wire.errors import (
     ModelNotFound,
 )
 from edgeserve.wire.http_body import read_limited_body
+from edgeserve.wire.model_card import RouterPolicy
 
 log = logging.getLogger(__name__)
 
@@ -66,11 +67,11 @@ class HttpRequest:
 
 
 class AgentApp:
-    """The ASGI callable over ``core``; inference runs on ``executor``, never on the loop."""
+    """The ASGI callable over ``core`` and its ``router`` (which runs inference off the loop)."""
 
-    def __init__(self, core: AgentCore, executor: BoundedExecutor) -> None:
+    def __init__(self, core: AgentCore, router: Router) -> None:
         self.core = core
-        self.executor = executor
+        self.router = router
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -138,10 +139,30 @@ class AgentApp:
             _expect(request, "GET")
             model = self.core.model(request.model, request.version)
             return _json({"name": request.model, "version": model.version, "ready": True})
+        if action == ["router"]:
+            return await self._router_policy(request)
         if action == ["infer"]:
             _expect(request, "POST")
             return await self._infer(request, request.model)
         raise ModelNotFound(f"no such path {request.path}")
+
+    async def _router_policy(self, request: HttpRequest) -> Reply:
+        """GET the model's routing policy; PUT a runtime override (DELETE restores the card's)."""
+        assert request.model is not None
+        model = self.core.model(request.model, request.version)
+        if request.method == "PUT":
+            body = await _read_body(request, 64 << 10)
+            try:
+                override = RouterPolicy.model_validate_json(body)
+            except ValueError as exc:
+                raise InvalidInput(f"bad router policy: {exc}") from None
+            self.router.override(model.card.name, override)
+        elif request.method == "DELETE":
+            self.router.override(model.card.name, None)
+        else:
+            _expect(request, "GET")
+        policy = self.router.policy(model)
+        return _json(policy.model_dump() if policy else None)
 
     def _repository_index(self) -> list[dict[str, str]]:
         return [
@@ -154,7 +175,7 @@ class AgentApp:
         body = await _read_body(request, self.core.config.max_body_bytes)
         header_length = _header_length(request)
         infer_request = oip_rest.decode_request(body, header_length, name, request.version)
-        response = await self.executor.run(self.core.infer, infer_request)
+        response = await self.router.infer(infer_request)
         self.core.metrics.requests.labels(name, "ok").inc()
         content, response_header_length = oip_rest.encode_response(response, infer_request)
         if response_header_length is None:
@@ -163,8 +184,8 @@ class AgentApp:
         return Reply(200, content, b"application/octet-stream", [length_header])
 
 
-def create_app(core: AgentCore, executor: BoundedExecutor) -> AgentApp:
-    return AgentApp(core, executor)
+def create_app(core: AgentCore, router: Router) -> AgentApp:
+    return AgentApp(core, router)
 
 
 def _expect(request: HttpRequest, method: str) -> None:

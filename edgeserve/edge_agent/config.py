@@ -42,5 +42,21 @@ class AgentConfig(ServiceSettings):
     max_batch: int = Field(64, ge=1)
     cache_entries: int = Field(4096, ge=0)
     cache_bytes: int = Field(16 << 20, ge=0)
+    outbox_max_bytes: int = Field(64 << 20, ge=4096, description="disk budget of the outbox")
+    # -- routing and escalation --------------------------------------------------------
+    routing_mode: Literal["escalate", "hard_examples", "local"] = Field(
+        "escalate",
+        description="escalate hard requests, queue them as hard examples, or stay local",
+    )
+    cloud_target: str | None = Field(None, description="gateway gRPC host:port; None = offline")
+    cloud_ca: Path | None = Field(None, description="CA that signed the gateway's certificate")
+    cloud_cert: Path | None = Field(None, description="this device's client certificate")
+    cloud_key: Path | None = Field(None, description="this device's private key")
+    cloud_server_name: str = Field("localhost", description="name in the gateway certificate")
+    cloud_api_key: str | None = Field(None, description="for a gateway port without mTLS")
+    latency_budget_ms: float = Field(50.0, gt=0, description="default per-request budget")
+    max_escalations: int = Field(16, ge=1, description="escalations in flight at once")
+    breaker_failures: int = Field(3, ge=1, description="consecutive failures that open it")
+    breaker_reset_s: float = Field(2.0, gt=0, description="open time before a probe")
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"

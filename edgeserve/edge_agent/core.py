@@ -157,19 +157,22 @@ class AgentCore:
 
     # -- inference ---------------------------------------------------------------------
 
-    def infer(self, request: InferRequest) -> InferResponse:
-        """Validate, look up the cache, run the model: the agent's one inference path."""
+    def infer(self, request: InferRequest, use_cache: bool = True) -> InferResponse:
+        """Validate, look up the cache, run the model: the agent's one local inference path.
+
+        The router passes ``use_cache=False``: it caches the final, routed answer instead.
+        """
         model = self.model(request.model_name, request.model_version)
         card = model.card
         arrays = validate_inputs(card.name, card.inputs, request.inputs, self.config.max_batch)
         wanted = self._wanted_outputs(model, request)
         key = None
-        if self.cache.enabled:
+        if use_cache and self.cache.enabled:
             key = cache_key(model.card.name, model.version, request.inputs, wanted)
             hit = self.cache.get(key)
             (self.metrics.cache_hit if hit else self.metrics.cache_miss).inc()
             if hit is not None:
-                return self._response(model, request, list(hit.outputs), hit.parameters, True)
+                return self.respond(model, request, list(hit.outputs), hit.parameters, True)
         start = time.perf_counter()
         results = model.session.run(arrays, model.output_names)
         self.metrics.inference_seconds.labels(model.card.name).observe(time.perf_counter() - start)
@@ -177,7 +180,7 @@ class AgentCore:
         parameters = self._answer_parameters(model, results)
         if key is not None:
             self.cache.put(key, outputs, parameters)
-        return self._response(model, request, outputs, parameters, False)
+        return self.respond(model, request, outputs, parameters, False)
 
     def _wanted_outputs(self, model: LoadedModel, request: InferRequest) -> list[str]:
         if not request.outputs:
@@ -201,7 +204,7 @@ class AgentCore:
             parameters["prediction"] = [labels[i] if i < len(labels) else str(i) for i in top]
         return parameters
 
-    def _response(
+    def respond(
         self,
         model: LoadedModel,
         request: InferRequest,
@@ -209,8 +212,9 @@ class AgentCore:
         answer: dict[str, Any],
         cache_hit: bool,
     ) -> InferResponse:
-        parameters = {"tier": "edge", "model_version": model.version, "cache_hit": cache_hit}
+        parameters = {"tier": "edge", "model_version": model.version}
         parameters.update(answer)
+        parameters["cache_hit"] = cache_hit
         return InferResponse(
             model_name=model.card.name,
             model_version=model.version,

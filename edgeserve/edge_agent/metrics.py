@@ -2,7 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from edgeserve.edge_agent.escalation import EscalationStats
 
 LATENCY_BUCKETS = (5e-5, 1e-4, 2.5e-4, 5e-4, 1e-3, 2.5e-3, 5e-3, 1e-2, 2.5e-2, 0.1, 0.5, 2.0)
 
@@ -52,5 +58,36 @@ class AgentMetrics:
         self.cache_hit = self.cache.labels("hit")
         self.cache_miss = self.cache.labels("miss")
 
+    def watch_escalations(self, stats: Callable[[], EscalationStats]) -> None:
+        """Export the escalation client's counters and breaker state at each scrape."""
+        self.registry.register(_EscalationCollector(stats))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class _EscalationCollector(Collector):
+    def __init__(self, stats: Callable[[], EscalationStats]) -> None:
+        self._stats = stats
+
+    def collect(self) -> Iterator[Metric]:
+        stats = self._stats()
+        outcomes = CounterMetricFamily(
+            "edgeserve_agent_escalations", "Escalations by outcome", labels=["outcome"]
+        )
+        outcomes.add_metric(["ok"], stats.successes)
+        for reason, count in sorted(stats.degraded.items()):
+            outcomes.add_metric([reason], count)
+        yield outcomes
+        state = GaugeMetricFamily(
+            "edgeserve_agent_breaker_open", "1 while the circuit breaker is open or half-open"
+        )
+        state.add_metric([], 0 if stats.breaker_state == "closed" else 1)
+        yield state
+        opened = CounterMetricFamily("edgeserve_agent_breaker_opened", "Times the breaker opened")
+        opened.add_metric([], stats.breaker_opened)
+        yield opened
+        yield GaugeMetricFamily(
+            "edgeserve_agent_escalations_in_flight", "Escalations waiting for the cloud",
+            value=stats.in_flight,
+        )

@@ -20,7 +20,10 @@ import uvicorn
 from edgeserve.edge_agent.api import create_app
 from edgeserve.edge_agent.config import AgentConfig
 from edgeserve.edge_agent.core import AgentCore
+from edgeserve.edge_agent.escalation import CircuitBreaker, EscalationClient, TlsFiles
 from edgeserve.edge_agent.executor import BoundedExecutor
+from edgeserve.edge_agent.outbox import Outbox
+from edgeserve.edge_agent.router import Router
 from edgeserve.logs import configure_logging
 
 log = logging.getLogger(__name__)
@@ -63,27 +66,55 @@ def bind_sockets(config: AgentConfig) -> list[socket.socket]:
     return sockets
 
 
-def run_agent(config: AgentConfig) -> None:
-    """Run the agent in the foreground until it is asked to stop."""
-    configure_logging(config.log_level, config.log_format)
-    core = AgentCore.from_config(config)
-    core.start()
+def build_router(config: AgentConfig, core: AgentCore, executor: BoundedExecutor) -> Router:
+    """The router with its escalation client; must run inside the event loop (grpc.aio)."""
+    escalation = None
+    if config.cloud_target is not None and config.routing_mode == "escalate":
+        from edgeserve.edge_agent.escalation import GrpcCloudTransport
+
+        tls = None
+        if config.cloud_ca and config.cloud_cert and config.cloud_key:
+            tls = TlsFiles(config.cloud_ca, config.cloud_cert, config.cloud_key)
+        transport = GrpcCloudTransport(
+            config.cloud_target, tls, config.cloud_api_key, config.cloud_server_name
+        )
+        breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s)
+        escalation = EscalationClient(transport, breaker, config.max_escalations)
+        core.metrics.watch_escalations(escalation.stats)
+    outbox = Outbox(config.state_dir / "outbox.db", config.outbox_max_bytes)
+    return Router(
+        core, executor, escalation, outbox, config.routing_mode, config.latency_budget_ms / 1e3
+    )
+
+
+async def _serve(config: AgentConfig, core: AgentCore, sockets: list[socket.socket]) -> None:
     executor = BoundedExecutor(config.inference_workers, config.max_pending)
-    sockets = bind_sockets(config)
-    port = sockets[0].getsockname()[1]
+    router = build_router(config, core, executor)
     server_config = uvicorn.Config(
-        create_app(core, executor),
+        create_app(core, router),
         log_config=None,
         access_log=False,
         lifespan="off",
         timeout_graceful_shutdown=10,
     )
-    server = _AgentServer(server_config, config.port_file, port)
+    server = _AgentServer(server_config, config.port_file, sockets[0].getsockname()[1])
+    try:
+        await server.serve(sockets=sockets)
+    finally:
+        await router.close()
+        executor.shutdown()
+
+
+def run_agent(config: AgentConfig) -> None:
+    """Run the agent in the foreground until it is asked to stop."""
+    configure_logging(config.log_level, config.log_format)
+    core = AgentCore.from_config(config)
+    core.start()
+    sockets = bind_sockets(config)
     try:
         with _absorb_reraised_signals():
-            asyncio.run(server.serve(sockets=sockets))
+            asyncio.run(_serve(config, core, sockets))
     finally:
-        executor.shutdown()
         core.close()
         if config.unix_socket is not None:
             config.unix_socket.unlink(missing_ok=True)

@@ -35,6 +35,37 @@ class ModelMetrics(BaseModel):
     test_samples: int
 
 
+ConfidenceScore = Literal["max_probability", "margin", "entropy"]
+
+
+class CalibrationReport(BaseModel):
+    """Temperature scaling fit on the calibration split, and what it changed."""
+
+    temperature: float = Field(gt=0)
+    samples: int
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+
+
+class RouterPolicy(BaseModel):
+    """When the edge answers alone and when it escalates, for one model.
+
+    Every score is "higher = more confident" in [0, 1]: the top-class probability, the
+    top-1 minus top-2 margin, or 1 - entropy / log(classes). A request escalates when its
+    score is below ``threshold``.
+    """
+
+    score: ConfidenceScore = "max_probability"
+    threshold: float = Field(ge=0, le=1)
+    target_kind: Literal["escalation_rate", "accuracy", "manual"] = "manual"
+    target_value: float | None = None
+    escalation_model: str = Field("digits-cloud", description="model name at the gateway")
+    expected_escalation_rate: float | None = Field(None, description="on the calibration split")
+    expected_accuracy: float | None = Field(None, description="system accuracy, calibration")
+
+
 class ModelCard(BaseModel):
     """Everything needed to verify, load and describe one model artifact."""
 
@@ -57,6 +88,8 @@ class ModelCard(BaseModel):
     temperature: float = Field(1.0, gt=0, description="softmax temperature for confidence")
     preprocessing: str = ""
     metrics: ModelMetrics | None = None
+    calibration: CalibrationReport | None = None
+    router: RouterPolicy | None = None
     source: dict[str, object] = Field(default_factory=dict)
 
     @classmethod

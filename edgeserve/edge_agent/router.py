@@ -1,0 +1,244 @@
+"""The confidence router: answer locally when sure, escalate the rest within the budget.
+
+For a model whose card carries a ``RouterPolicy`` (or a runtime override), each row's
+confidence score is compared with the threshold; rows below it go to the cloud as one
+sub-batch, and their answers replace the edge's. The request's latency budget (its
+``timeout`` parameter in µs, else the configured default) bounds everything: the cloud
+gets what is left after the local run, and when it is slow, unreachable, refusing or
+its breaker is open, the local answer goes out marked ``degraded`` with the reason —
+never an error, never late.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+
+from edgeserve.edge_agent.cache import cache_key
+from edgeserve.edge_agent.core import AgentCore, LoadedModel
+from edgeserve.edge_agent.escalation import EscalationClient
+from edgeserve.edge_agent.executor import BoundedExecutor
+from edgeserve.edge_agent.outbox import Outbox
+from edgeserve.wire.confidence import confidence_scores
+from edgeserve.wire.errors import InvalidInput
+from edgeserve.wire.model_card import RouterPolicy
+from edgeserve.wire.tensors import InferRequest, InferResponse, InferTensor
+
+log = logging.getLogger(__name__)
+RoutingMode = Literal["escalate", "hard_examples", "local"]
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    """Which rows escalate, and every row's score under the policy."""
+
+    rows: list[int]
+    scores: list[float]
+    top: list[int]
+
+
+def decide(policy: RouterPolicy, logits: Any, temperature: float) -> Decision:
+    top, scores = confidence_scores(logits, temperature, policy.score)
+    rows = [i for i, score in enumerate(scores.tolist()) if score < policy.threshold]
+    return Decision(rows, [round(s, 6) for s in scores.tolist()], top.tolist())
+
+
+class Router:
+    def __init__(
+        self,
+        core: AgentCore,
+        executor: BoundedExecutor,
+        escalation: EscalationClient | None,
+        outbox: Outbox | None,
+        mode: RoutingMode,
+        default_budget_s: float,
+    ) -> None:
+        self.core = core
+        self.executor = executor
+        self.escalation = escalation
+        self.outbox = outbox
+        self.mode = mode
+        self.default_budget_s = default_budget_s
+        self._overrides: dict[str, RouterPolicy] = {}
+
+    async def close(self) -> None:
+        if self.escalation is not None:
+            await self.escalation.close()
+        if self.outbox is not None:
+            self.outbox.close()
+
+    def policy(self, model: LoadedModel) -> RouterPolicy | None:
+        return self._overrides.get(model.card.name, model.card.router)
+
+    def override(self, model: str, policy: RouterPolicy | None) -> None:
+        """Replace a model's policy at run time (None restores the card's)."""
+        if policy is None:
+            self._overrides.pop(model, None)
+        else:
+            self._overrides[model] = policy
+        self.core.cache.clear()  # cached answers were routed under the old policy
+
+    async def infer(self, request: InferRequest) -> InferResponse:
+        started = time.monotonic()
+        model = self.core.model(request.model_name, request.model_version)
+        policy = self.policy(model)
+        if policy is None or self.mode == "local" or not model.card.logits_output:
+            return await self.executor.run(self.core.infer, request)
+        key = self._cache_key(model, request)
+        hit = self.core.cache.get(key) if key is not None else None
+        if hit is not None:
+            return self.core.respond(model, request, list(hit.outputs), hit.parameters, True)
+        local = await self.executor.run(self.core.infer, request, False)
+        logits = local.output(model.card.logits_output).data
+        decision = decide(policy, logits, model.card.temperature)
+        answer = dict(local.parameters, confidence=decision.scores, score=policy.score)
+        if not decision.rows:
+            return self._finish(key, model, request, local.outputs, answer | {"tier": "edge"})
+        if self.mode == "hard_examples" or self.escalation is None:
+            self._queue_hard_examples(model, request, decision)
+            answer |= {"tier": "edge", "hard_example_rows": decision.rows}
+            return self._finish(key, model, request, local.outputs, answer)
+        budget = _budget_s(request, self.default_budget_s) - (time.monotonic() - started)
+        return await self._escalate(key, model, request, local, decision, answer, policy, budget)
+
+    async def _escalate(
+        self,
+        key: bytes | None,
+        model: LoadedModel,
+        request: InferRequest,
+        local: InferResponse,
+        decision: Decision,
+        answer: dict[str, Any],
+        policy: RouterPolicy,
+        budget_s: float,
+    ) -> InferResponse:
+        assert self.escalation is not None
+        cloud_request = self._cloud_request(model, request, decision, policy)
+        outcome = await self.escalation.escalate(cloud_request, budget_s)
+        edge_labels = [_label(model, i) for i in decision.top]
+        if outcome.response is None:
+            answer |= {"tier": "edge", "degraded": True,
+                       "degraded_reason": outcome.degraded_reason}
+            # Not cached: the next identical request should get its chance at the cloud.
+            return self.core.respond(model, request, local.outputs, answer, False)
+        cloud = outcome.response
+        outputs = _merge_rows(local.outputs, cloud.outputs, decision.rows)
+        cloud_labels = list(cloud.parameters.get("prediction") or [])
+        prediction = list(answer.get("prediction", edge_labels))
+        for row, label in zip(decision.rows, cloud_labels, strict=False):
+            prediction[row] = label
+        answer |= {
+            "tier": "cloud" if len(decision.rows) == len(decision.top) else "mixed",
+            "escalated_rows": decision.rows,
+            "prediction": prediction,
+            "edge_prediction": [edge_labels[row] for row in decision.rows],
+            "cloud_prediction": cloud_labels,
+            "cloud_model_version": cloud.model_version,
+            "escalation_ms": round(outcome.round_trip_s * 1e3, 3),
+        }
+        if "gateway_ms" in cloud.parameters:
+            answer["gateway_ms"] = cloud.parameters["gateway_ms"]
+        self._record(model, decision, edge_labels, cloud_labels)
+        return self._finish(key, model, request, outputs, answer)
+
+    def _cloud_request(
+        self, model: LoadedModel, request: InferRequest, decision: Decision, policy: RouterPolicy
+    ) -> InferRequest:
+        rows = decision.rows
+        inputs = [
+            InferTensor(t.name, t.datatype, [len(rows), *t.shape[1:]], t.data[rows])
+            for t in request.inputs
+        ]
+        probabilities = [decision.scores[row] for row in rows]
+        edge = [_label(model, decision.top[row]) for row in rows]
+        parameters: dict[str, Any] = {
+            "device_id": self.core.config.device_id,
+            "edge_model": f"{model.card.name}:{model.version}",
+            "edge_prediction": edge[0] if len(edge) == 1 else json.dumps(edge),
+            "edge_confidence": probabilities[0] if len(rows) == 1 else json.dumps(probabilities),
+        }
+        return InferRequest(policy.escalation_model, inputs, parameters=parameters)
+
+    def _finish(
+        self,
+        key: bytes | None,
+        model: LoadedModel,
+        request: InferRequest,
+        outputs: list[InferTensor],
+        answer: dict[str, Any],
+    ) -> InferResponse:
+        if key is not None:
+            self.core.cache.put(key, outputs, answer)
+        return self.core.respond(model, request, outputs, answer, False)
+
+    def _cache_key(self, model: LoadedModel, request: InferRequest) -> bytes | None:
+        if not self.core.cache.enabled:
+            return None
+        wanted = [o.name for o in request.outputs] or model.output_names
+        return cache_key(model.card.name, model.version, request.inputs, wanted)
+
+    def _queue_hard_examples(
+        self, model: LoadedModel, request: InferRequest, decision: Decision
+    ) -> None:
+        if self.outbox is None:
+            return
+        for row in decision.rows:
+            record = {
+                "model": model.card.name,
+                "version": model.version,
+                "edge_prediction": _label(model, decision.top[row]),
+                "confidence": decision.scores[row],
+                "inputs": {t.name: {"datatype": t.datatype, "shape": list(t.data[row].shape),
+                                    "data": t.data[row].tolist()} for t in request.inputs},
+            }
+            self.outbox.append("hard_example", json.dumps(record).encode())
+
+    def _record(
+        self, model: LoadedModel, decision: Decision, edge: list[str], cloud: list[str]
+    ) -> None:
+        if self.outbox is None:
+            return
+        record = {
+            "model": model.card.name,
+            "version": model.version,
+            "edge": [edge[row] for row in decision.rows],
+            "cloud": cloud,
+            "confidence": [decision.scores[row] for row in decision.rows],
+        }
+        self.outbox.append("escalation", json.dumps(record).encode())
+
+
+def _label(model: LoadedModel, index: int) -> str:
+    labels = model.card.labels
+    return labels[index] if index < len(labels) else str(index)
+
+
+def _budget_s(request: InferRequest, default_s: float) -> float:
+    timeout_us = request.parameters.get("timeout")
+    if timeout_us is None:
+        return default_s
+    if not isinstance(timeout_us, int | float) or isinstance(timeout_us, bool) or timeout_us <= 0:
+        raise InvalidInput(f"parameter 'timeout' must be positive microseconds, got {timeout_us!r}")
+    return float(timeout_us) / 1e6
+
+
+def _merge_rows(
+    local: list[InferTensor], cloud: list[InferTensor], rows: list[int]
+) -> list[InferTensor]:
+    """The edge outputs with ``rows`` replaced by the cloud's rows of the same output."""
+    by_name = {tensor.name: tensor for tensor in cloud}
+    merged: list[InferTensor] = []
+    for tensor in local:
+        remote = by_name.get(tensor.name)
+        if remote is None or remote.data.shape[1:] != tensor.data.shape[1:]:
+            merged.append(tensor)
+            continue
+        data = np.array(tensor.data, copy=True)
+        data[rows] = remote.data.astype(data.dtype, copy=False)
+        merged.append(InferTensor(tensor.name, tensor.datatype, list(data.shape), data))
+    return merged
