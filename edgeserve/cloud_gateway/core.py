@@ -126,15 +126,18 @@ class GatewayCore:
         """Run one request through admission, the model's batcher and back."""
         started = time.perf_counter()
         self.authorize(principal, request.model_name)
-        entry = self.repository.entry(request.model_name)
-        config = entry.config
-        arrays = validate_inputs(config.name, config.inputs, request.inputs, config.max_batch_size)
-        wanted = _wanted_outputs(config.name, [o.name for o in config.outputs], request)
-        priority, deadline = _schedule_policy(request, deadline)
-        # A request may lower its own priority, never rise above its tenant's tier.
-        priority = max(priority or principal.priority_tier, principal.priority_tier)
+        # Refusing an over-limit tenant first keeps a flood from costing lookups.
         self._admit(principal)
         try:
+            entry = self.repository.entry(request.model_name)
+            config = entry.config
+            arrays = validate_inputs(
+                config.name, config.inputs, request.inputs, config.max_batch_size
+            )
+            wanted = _wanted_outputs(config.name, [o.name for o in config.outputs], request)
+            priority, deadline = _schedule_policy(request, deadline)
+            # A request may lower its own priority, never rise above its tenant's tier.
+            priority = max(priority or principal.priority_tier, principal.priority_tier)
             loaded = await self.repository.get(request.model_name, request.model_version)
             loaded.in_flight += 1
             try:

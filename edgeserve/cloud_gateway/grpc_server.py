@@ -42,7 +42,9 @@ def _mapped(method: Method[Request, Reply]) -> Method[Request, Reply]:
             log.exception("unhandled error", extra={"rpc": method.__name__})
             error = InternalError(f"internal error: {exc}")
         self.core.metrics.errors.labels(error.code.label, "grpc").inc()
-        log.warning(
+        # A flood of 429s must not turn into a flood of log lines.
+        log.log(
+            logging.DEBUG if isinstance(error, RateLimited) else logging.WARNING,
             "rpc refused",
             extra={"rpc": method.__name__, "code": error.code.label, "reason": error.message},
         )

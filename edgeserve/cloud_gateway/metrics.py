@@ -59,6 +59,12 @@ class GatewayMetrics:
             ["model", "version", "backend", "device"],
             registry=self.registry,
         )
+        self.model_events = Counter(
+            "edgeserve_gateway_model_events",
+            "Model loads and evictions",
+            ["model", "event"],
+            registry=self.registry,
+        )
         self.model_memory = Gauge(
             "edgeserve_gateway_model_memory_bytes",
             "Estimated memory per loaded model version",

@@ -58,7 +58,9 @@ def create_rest_app(core: GatewayCore, max_body_bytes: int) -> FastAPI:
     @app.exception_handler(EdgeServeError)
     async def _error_response(request: Request, exc: EdgeServeError) -> Response:
         core.metrics.errors.labels(exc.code.label, "rest").inc()
-        log.warning(
+        # A flood of 429s must not turn into a flood of log lines.
+        log.log(
+            logging.DEBUG if isinstance(exc, RateLimited) else logging.WARNING,
             "request refused",
             extra={
                 "path": request.url.path,

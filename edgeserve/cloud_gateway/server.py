@@ -66,6 +66,7 @@ def build_core(config: GatewayConfig, executor: ThreadPoolExecutor) -> GatewayCo
         on_batch=on_batch,
         on_change=on_change,
         on_compute=on_compute,
+        on_event=lambda kind, model: metrics.model_events.labels(model, kind).inc(),
     )
     metrics.watch_queues(
         lambda: {f"{v.name}/{v.version}": v.batcher.queue_depth for v in repository.loaded()}

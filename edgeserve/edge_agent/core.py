@@ -212,7 +212,7 @@ class AgentCore:
         answer: dict[str, Any],
         cache_hit: bool,
     ) -> InferResponse:
-        parameters = {"tier": "edge", "model_version": model.version}
+        parameters: dict[str, Any] = {"tier": "edge", "model_version": model.version}
         parameters.update(answer)
         parameters["cache_hit"] = cache_hit
         return InferResponse(

@@ -302,6 +302,7 @@ class FaultProxy:
                 self._reset(connection)
                 return
             await self._forward(connection, writer, data, direction)
+        await self._wait_flowing()  # a stalled link holds the FIN too
         if writer.can_write_eof() and not writer.is_closing():
             writer.write_eof()
 

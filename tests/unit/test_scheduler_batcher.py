@@ -180,7 +180,7 @@ def test_rows_count_toward_max_batch_size():
     assert sizes == [3, 3, 3]
 
 
-def test_a_lone_request_waits_at_most_max_queue_delay():
+def test_a_lone_request_waits_at_most_max_queue_delay_when_told_to_wait():
     sizes: list[int] = []
 
     async def scenario(batcher: DynamicBatcher) -> float:
@@ -188,10 +188,20 @@ def test_a_lone_request_waits_at_most_max_queue_delay():
         await batcher.submit("t", 1.0, x(1.0))
         return time.monotonic() - started
 
-    elapsed = run(Model(), config(max_queue_delay_s=0.05), scenario, sizes=sizes)
+    settings = config(max_queue_delay_s=0.05, dispatch_when_idle=False)
+    elapsed = run(Model(), settings, scenario, sizes=sizes)
 
     assert sizes == [1]
     assert 0.04 <= elapsed < 1.0
+
+
+def test_an_idle_batcher_runs_a_lone_request_without_waiting_out_the_delay():
+    async def scenario(batcher: DynamicBatcher) -> float:
+        started = time.monotonic()
+        await batcher.submit("t", 1.0, x(1.0))
+        return time.monotonic() - started
+
+    assert run(Model(), config(max_queue_delay_s=5.0), scenario) < 1.0
 
 
 def test_a_preferred_batch_size_goes_without_waiting_out_the_delay():
@@ -481,7 +491,7 @@ def test_a_request_that_expires_while_its_batch_waits_for_company_is_not_execute
             await batcher.submit("t", 1.0, x(99.0), deadline=time.monotonic() + 0.02)
         await batcher.submit("t", 1.0, x(2.0))
 
-    run(model, config(max_queue_delay_s=0.1), scenario)
+    run(model, config(max_queue_delay_s=0.1, dispatch_when_idle=False), scenario)
 
     assert model.seen() == [2.0]
 

@@ -42,6 +42,9 @@ class BatchingSettings(BaseModel):
     max_queue_size: int = Field(1024, ge=1)
     default_priority_level: int = Field(1, ge=1, description="level for priority 0 (default)")
     max_concurrent_batches: int = Field(1, ge=1)
+    dispatch_when_idle: bool = Field(
+        True, description="run at once when nothing is running instead of waiting the delay"
+    )
 
 
 class VersionPolicy(BaseModel):

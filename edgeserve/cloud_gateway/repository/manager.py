@@ -24,6 +24,7 @@ from edgeserve.wire.errors import EdgeServeError, InternalError, ModelNotFound, 
 
 log = logging.getLogger(__name__)
 CONFIG_NAME = "config.toml"
+RESCAN_INTERVAL_S = 1.0
 
 
 @dataclass(eq=False)
@@ -66,6 +67,7 @@ class ModelRepository:
         on_batch: Callable[[str, str, int, list[float]], None] | None = None,
         on_change: Callable[[], None] | None = None,
         on_compute: Callable[[str, float], None] | None = None,
+        on_event: Callable[[str, str], None] | None = None,
     ) -> None:
         self.root = root
         self.memory_budget_bytes = memory_budget_bytes
@@ -73,13 +75,33 @@ class ModelRepository:
         self._on_batch = on_batch
         self._on_change = on_change
         self._on_compute = on_compute
+        self._on_event = on_event
         self._loaded: dict[tuple[str, str], LoadedVersion] = {}
         self._loading: dict[tuple[str, str], asyncio.Future[LoadedVersion]] = {}
         self._failures: dict[str, str] = {}
+        self._entries: dict[str, ModelEntry] = {}
+        self._signature: tuple[tuple[str, int], ...] = ()
+        self._scanned_at = -RESCAN_INTERVAL_S
 
     # -- what exists ---------------------------------------------------------------------
 
-    def entries(self) -> dict[str, ModelEntry]:
+    def entries(self, refresh: bool = False) -> dict[str, ModelEntry]:
+        """What the folder offers; re-read when a config or version folder changed.
+
+        Requests call this on every inference, so the folder is stat-ed at most once per
+        ``RESCAN_INTERVAL_S`` and parsed again only when something in it changed.
+        """
+        now = time.monotonic()
+        if not refresh and now - self._scanned_at < RESCAN_INTERVAL_S:
+            return self._entries
+        self._scanned_at = now
+        signature = _signature(self.root)
+        if refresh or signature != self._signature:
+            self._signature = signature
+            self._entries = self._parse()
+        return self._entries
+
+    def _parse(self) -> dict[str, ModelEntry]:
         found: dict[str, ModelEntry] = {}
         for config_file in sorted(self.root.glob(f"*/{CONFIG_NAME}")):
             try:
@@ -87,7 +109,9 @@ class ModelRepository:
             except EdgeServeError as exc:
                 self._failures[config_file.parent.name] = exc.message
                 continue
-            found[config.name] = ModelEntry(config, config_file.parent, _served(config_file))
+            found[config.name] = ModelEntry(
+                config, config_file.parent, _served(config, config_file)
+            )
         return found
 
     def entry(self, name: str) -> ModelEntry:
@@ -104,7 +128,7 @@ class ModelRepository:
     def index(self) -> list[dict[str, Any]]:
         """The repository extension's index: every servable version and its state."""
         rows: list[dict[str, Any]] = []
-        for name, entry in self.entries().items():
+        for name, entry in self.entries(refresh=True).items():
             for version in entry.versions:
                 key = (name, version)
                 state = "READY" if key in self._loaded else "UNAVAILABLE"
@@ -135,6 +159,7 @@ class ModelRepository:
 
     async def load(self, name: str) -> list[LoadedVersion]:
         """Explicit load (repository API): every version the policy serves."""
+        self.entries(refresh=True)
         entry = self.entry(name)
         return [await self.get(name, version) for version in entry.versions]
 
@@ -191,6 +216,7 @@ class ModelRepository:
         )
         loaded.batcher.start()
         self._loaded[(config.name, version)] = loaded
+        self._event("load", config.name)
         log.info(
             "model loaded",
             extra={
@@ -216,6 +242,7 @@ class ModelRepository:
             default_priority_level=settings.default_priority_level,
             enabled=settings.enabled,
             max_concurrent_batches=max(settings.max_concurrent_batches, config.instances),
+            dispatch_when_idle=settings.dispatch_when_idle,
         )
         on_batch = None
         if self._on_batch is not None:
@@ -262,6 +289,7 @@ class ModelRepository:
                 )
             victim = idle.pop(0)
             log.info("evicting model", extra={"model": victim.name, "version": victim.version})
+            self._event("evict", victim.name)
             await self._drop(victim)
 
     async def _drop(self, version: LoadedVersion) -> None:
@@ -271,13 +299,22 @@ class ModelRepository:
         log.info("model unloaded", extra={"model": version.name, "version": version.version})
         self._changed()
 
+    def _event(self, kind: str, model: str) -> None:
+        if self._on_event is not None:
+            self._on_event(kind, model)
+
     def _changed(self) -> None:
         if self._on_change is not None:
             self._on_change()
 
 
-def _served(config_file: Path) -> list[str]:
-    config = ModelConfig.load(config_file)
+def _signature(root: Path) -> tuple[tuple[str, int], ...]:
+    """Modification times of every config file and model folder: cheap change detection."""
+    paths = [*root.glob(f"*/{CONFIG_NAME}"), *root.glob("*/*/")]
+    return tuple(sorted((str(p), p.stat().st_mtime_ns) for p in paths if p.exists()))
+
+
+def _served(config: ModelConfig, config_file: Path) -> list[str]:
     present = sorted(
         (p.name for p in config_file.parent.iterdir() if p.is_dir() and p.name.isdigit()),
         key=int,

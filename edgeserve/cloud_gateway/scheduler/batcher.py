@@ -224,6 +224,8 @@ class DynamicBatcher:
             # company would only delay them.
             if len(self._queue) or rows in self._preferred:
                 return
+            if config.dispatch_when_idle and not self._running:
+                return
             remaining = close_at - time.monotonic()
             if remaining <= 0 or not await self._wait_for_arrival(remaining):
                 return

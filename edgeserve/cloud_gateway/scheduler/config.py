@@ -17,6 +17,9 @@ class BatchingConfig:
     default_priority_level: int
     enabled: bool = True
     max_concurrent_batches: int = 1
+    # Work-conserving: with nothing running, waiting for company only adds latency;
+    # under load, requests gather by themselves while the previous batch runs.
+    dispatch_when_idle: bool = True
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1:
