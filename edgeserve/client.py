@@ -29,11 +29,15 @@ class OipError(Exception):
 
 
 class OipHttpClient:
-    def __init__(self, base_url: str, timeout: float = 10.0) -> None:
+    def __init__(
+        self, base_url: str, timeout: float = 10.0, headers: dict[str, str] | None = None
+    ) -> None:
         # httpx writes headers and body separately; without TCP_NODELAY, Nagle's
         # algorithm meets the server's delayed ACK and every request waits ~40 ms.
         transport = httpx.HTTPTransport(socket_options=[NODELAY])
-        self._http = httpx.Client(base_url=base_url, timeout=timeout, transport=transport)
+        self._http = httpx.Client(
+            base_url=base_url, timeout=timeout, transport=transport, headers=headers
+        )
 
     def __enter__(self) -> OipHttpClient:
         return self
@@ -55,6 +59,21 @@ class OipHttpClient:
     def metrics(self) -> str:
         """The server's Prometheus exposition text."""
         return self._http.get("/metrics").text
+
+    def router_policy(self, model: str) -> dict[str, Any] | None:
+        """The agent's routing policy for ``model`` (an edgeserve extension)."""
+        reply = self._http.get(f"/v2/models/{model}/router")
+        if reply.status_code != 200:
+            raise OipError(reply.status_code, _error_message(reply))
+        policy: dict[str, Any] | None = reply.json()
+        return policy
+
+    def set_router_policy(self, model: str, policy: dict[str, Any] | None) -> None:
+        """Override the routing policy at run time; ``None`` restores the card's."""
+        path = f"/v2/models/{model}/router"
+        reply = self._http.delete(path) if policy is None else self._http.put(path, json=policy)
+        if reply.status_code != 200:
+            raise OipError(reply.status_code, _error_message(reply))
 
     def model_metadata(self, model: str) -> dict[str, Any]:
         return self._json(self._http.get(f"/v2/models/{model}"))

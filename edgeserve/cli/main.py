@@ -17,6 +17,8 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
 app.add_typer(gateway_app, name="gateway")
+eval_app = typer.Typer(no_args_is_help=True, help="Evaluations on the real system.")
+app.add_typer(eval_app, name="eval")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file", exists=True)
@@ -80,6 +82,51 @@ def bench_edge(
     from edgeserve.bench.edge import run_edge_benchmark
 
     run_edge_benchmark(requests, out, mobilenet)
+
+
+@eval_app.command("cascade")
+def eval_cascade(
+    out: Annotated[Path, typer.Option(help="folder for CSV, JSON and plots")] = Path(
+        "docs/eval/cascade"
+    ),
+    budget_ms: Annotated[float, typer.Option(help="per-request latency budget")] = 250.0,
+) -> None:
+    """Edge-only vs cloud-only vs cascade accuracy, escalation rate and latency, with a sweep."""
+    from edgeserve.eval.cascade import run_cascade_eval
+
+    run_cascade_eval(out, budget_ms)
+
+
+@models_app.command("calibrate")
+def models_calibrate(
+    folder: Annotated[Path | None, typer.Option(help="artifacts folder")] = None,
+    model: str = "digits-edge",
+    cloud_model: str = "digits-cloud",
+    score: Annotated[str, typer.Option(help="max_probability | margin | entropy")] = (
+        "max_probability"
+    ),
+    target: Annotated[str, typer.Option(help="escalation_rate | accuracy")] = "escalation_rate",
+    value: Annotated[float, typer.Option(help="the target's value, e.g. 0.1 or 0.985")] = 0.1,
+) -> None:
+    """Fit the temperature and pick the router threshold on the calibration split."""
+    from edgeserve.cli.calibrate import calibrate
+    from edgeserve.edge_agent.core import packaged_artifacts
+
+    calibrate(folder or packaged_artifacts(), model, cloud_model, score, target, value)  # type: ignore[arg-type]
+
+
+@bench_app.command("gateway")
+def bench_gateway(
+    out: Annotated[Path, typer.Option(help="folder for the report and plots")] = Path(
+        "docs/bench/gateway"
+    ),
+    duration: Annotated[float, typer.Option(help="seconds per measurement point")] = 5.0,
+    quick: bool = False,
+) -> None:
+    """Batching vs none, noisy neighbour, per-request overhead, cold load and eviction."""
+    from edgeserve.bench.gateway import run_gateway_benchmark
+
+    run_gateway_benchmark(out, duration, quick)
 
 
 def main() -> None:

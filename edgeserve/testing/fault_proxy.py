@@ -90,7 +90,8 @@ class FaultProxy:
         self._listener: socket.socket | None = None
         self._socks: set[socket.socket] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._flowing: asyncio.Event | None = None
+        self._flowing = asyncio.Event()  # set unless stalled; binds to a loop on first use
+        self._loop_thread = 0
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
@@ -100,8 +101,7 @@ class FaultProxy:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        self._flowing = asyncio.Event()
+        self._loop, self._loop_thread = asyncio.get_running_loop(), threading.get_ident()
         self._apply(self._fault)
         # A bare listening socket rather than asyncio.start_server: every accepted socket
         # is ours from the first instant, so stop() can close all of them (3.11's Server
@@ -198,11 +198,10 @@ class FaultProxy:
 
     def _apply(self, fault: Fault) -> None:
         self._fault = fault
-        if self._flowing is not None:
-            if fault.mode is FaultMode.STALL:
-                self._flowing.clear()
-            else:
-                self._flowing.set()
+        if fault.mode is FaultMode.STALL:
+            self._flowing.clear()
+        else:
+            self._flowing.set()
         if fault.mode is FaultMode.RESET:
             for connection in list(self._connections):
                 self._reset(connection)
@@ -214,7 +213,7 @@ class FaultProxy:
     def _on_loop(self, action: Callable[[], T]) -> T:
         """Run ``action`` on the proxy's loop thread, waiting for it from other threads."""
         loop = self._loop
-        if loop is None or loop.is_closed() or _running_loop() is loop:
+        if loop is None or loop.is_closed() or threading.get_ident() == self._loop_thread:
             return action()
 
         async def run() -> T:
@@ -260,7 +259,7 @@ class FaultProxy:
             return
         reader, connection.client = await asyncio.open_connection(sock=connection.sock)
         self._writers.add(connection.client)
-        await self._wait_flowing()
+        await self._flowing.wait()
         up_reader, connection.upstream = await asyncio.open_connection(
             self.upstream_host, self.upstream_port
         )
@@ -278,47 +277,36 @@ class FaultProxy:
         direction: str,
     ) -> None:
         try:
-            await self._pump_until_eof(connection, reader, writer, direction)
+            while data := await reader.read(_CHUNK):
+                await self._flowing.wait()
+                if self._fault.delay_s > 0:
+                    await asyncio.sleep(self._fault.delay_s)
+                    await self._flowing.wait()
+                if not await self._forward(connection, writer, data, direction):
+                    return
+            await self._flowing.wait()  # a stalled link holds the FIN too
+            if writer.can_write_eof() and not writer.is_closing():
+                writer.write_eof()
         except (OSError, asyncio.IncompleteReadError):
             # Either side broke: break the other one too, which also stops our twin pump.
             connection.abort()
 
-    async def _pump_until_eof(
-        self,
-        connection: _Connection,
-        reader: asyncio.StreamReader,
-        writer: asyncio.StreamWriter,
-        direction: str,
-    ) -> None:
-        while data := await reader.read(_CHUNK):
-            await self._wait_flowing()
-            if self._fault.delay_s > 0:
-                await asyncio.sleep(self._fault.delay_s)
-            await self._wait_flowing()
-            limit = self._fault.drop_after_bytes
-            if limit is not None and connection.forwarded + len(data) >= limit:
-                data = data[: max(0, limit - connection.forwarded)]
-                await self._forward(connection, writer, data, direction)
-                self._reset(connection)
-                return
-            await self._forward(connection, writer, data, direction)
-        await self._wait_flowing()  # a stalled link holds the FIN too
-        if writer.can_write_eof() and not writer.is_closing():
-            writer.write_eof()
-
     async def _forward(
         self, connection: _Connection, writer: asyncio.StreamWriter, data: bytes, direction: str
-    ) -> None:
-        if not data:
-            return
-        writer.write(data)
-        await writer.drain()
-        connection.forwarded += len(data)
-        self._counts[direction] += len(data)
-
-    async def _wait_flowing(self) -> None:
-        assert self._flowing is not None
-        await self._flowing.wait()
+    ) -> bool:
+        """Forward ``data``, or as much as ``drop_after_bytes`` allows; False after a reset."""
+        limit = self._fault.drop_after_bytes
+        cut = limit is not None and connection.forwarded + len(data) >= limit
+        if limit is not None and cut:
+            data = data[: max(0, limit - connection.forwarded)]
+        if data:
+            writer.write(data)
+            await writer.drain()
+            connection.forwarded += len(data)
+            self._counts[direction] += len(data)
+        if cut:
+            self._reset(connection)
+        return not cut
 
     def _reset(self, connection: _Connection) -> None:
         self._counts["resets"] += 1
@@ -340,10 +328,3 @@ async def _close_all(writers: list[asyncio.StreamWriter]) -> None:
     for writer in writers:
         with contextlib.suppress(Exception):
             await writer.wait_closed()
-
-
-def _running_loop() -> asyncio.AbstractEventLoop | None:
-    try:
-        return asyncio.get_running_loop()
-    except RuntimeError:
-        return None

@@ -112,7 +112,7 @@ def test_consecutive_failures_open_the_breaker_and_then_it_degrades_immediately(
     started = time.perf_counter()
     outcome = run(subject.escalate(request(), budget_s=5.0))
     assert outcome.degraded_reason == "breaker_open"
-    assert time.perf_counter() - started < 0.01
+    assert time.perf_counter() - started < 0.05
     assert transport.calls == 2
 
 

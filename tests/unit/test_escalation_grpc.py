@@ -83,7 +83,7 @@ def test_a_stalled_link_degrades_within_budget_opens_the_breaker_and_recovers(ga
                     assert elapsed < 0.3 + EPSILON_S
                 assert client.breaker.state is BreakerState.OPEN
                 outcome, elapsed = await timed(client, request, 5.0)
-                assert outcome.degraded_reason == "breaker_open" and elapsed < 0.01
+                assert outcome.degraded_reason == "breaker_open" and elapsed < 0.05
 
                 proxy.pass_through()
                 await asyncio.sleep(0.5)
