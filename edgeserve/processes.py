@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -152,3 +153,11 @@ def gateway_process(
         log_file=workdir / f"{name}.log",
         env=env,
     )
+
+
+def free_port() -> int:
+    """A loopback port that is free now, for a service that must keep its port on restart."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port

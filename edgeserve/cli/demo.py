@@ -1,16 +1,18 @@
 """``edgeserve demo``: the whole system on one machine, each capability as it lands.
 
-Today: an edge agent as a real process serving the int8 ONNX and the TFLite digit
-models with no network, the held-out test digits sent through its OIP v2 REST API,
-cache hits on repeated inputs, bad inputs refused with precise errors while the agent
-keeps serving; then the cloud gateway as a second process, with two tenants, the
-cloud model answering concurrent clients in dynamic batches, and its refusals (401,
-403, 404, 429 with Retry-After); and a clean SIGTERM shutdown of both.
+Today: a cloud gateway and an edge agent enrolled with it over mTLS, as two real
+processes. First the edge alone: the held-out test digits through the agent's OIP v2
+REST API with the int8 ONNX and the TFLite model, cache hits on repeated inputs, bad
+inputs refused with precise errors while the agent keeps serving. Then the gateway: two
+tenants, the cloud model answering concurrent clients in dynamic batches, and its
+refusals (401, 403, 404, 429 with Retry-After). Then the cascade: the calibrated router
+escalating the least confident digits, the gateway killed mid-run with every answer
+still arriving within its budget (degraded), the breaker opening and closing again
+when the gateway returns. Finally a clean SIGTERM shutdown of both.
 """
 
 from __future__ import annotations
 
-import json
 import tempfile
 import time
 from pathlib import Path
@@ -23,14 +25,19 @@ from rich.panel import Panel
 from rich.progress import track
 from rich.table import Table
 
-from edgeserve.cli.demo_cloud import show_cloud, start_gateway
+from edgeserve.cli.demo_cascade import show_cascade
+from edgeserve.cli.demo_cloud import show_cloud
 from edgeserve.client import OipError, OipHttpClient
 from edgeserve.edge_agent.core import packaged_artifacts
+from edgeserve.eval.stack import start_cascade
 from edgeserve.models.data import load_split
-from edgeserve.processes import agent_process
+from edgeserve.processes import free_port
 
 DEMO_MODELS = ["digits-edge", "digits-edge-tflite"]
 console = Console()
+
+
+LOCAL_ONLY = {"score": "max_probability", "threshold": 0.0, "escalation_model": "digits-cloud"}
 
 
 def run_demo(requests: int) -> int:
@@ -39,29 +46,30 @@ def run_demo(requests: int) -> int:
         x, y = x[:requests], y[:requests]
     with tempfile.TemporaryDirectory(prefix="edgeserve-demo-") as tmp:
         workdir = Path(tmp)
-        agent = agent_process(
-            workdir, models=json.dumps(DEMO_MODELS), device_id="demo-device-1"
-        )
         console.rule("[bold]edgeserve demo")
         started = time.perf_counter()
-        port = agent.start()
-        console.print(
-            f"edge agent pid {agent.pid} ready on 127.0.0.1:{port} in "
-            f"{time.perf_counter() - started:.1f}s, offline, serving {', '.join(DEMO_MODELS)}"
+        stack = start_cascade(
+            workdir, models=DEMO_MODELS, mtls_port=free_port(), breaker_reset_s="1"
         )
-        gateway = None
+        ports = stack.gateway.ports
+        console.print(
+            f"edge agent pid {stack.agent.pid} on 127.0.0.1:{stack.agent.port} serving "
+            f"{', '.join(DEMO_MODELS)}; cloud gateway pid {stack.gateway.pid} (REST "
+            f":{ports['http']}, gRPC :{ports['grpc']}, device mTLS :{ports['grpc_mtls']}); "
+            f"ready in {time.perf_counter() - started:.1f}s"
+        )
         try:
-            with OipHttpClient(f"http://127.0.0.1:{port}") as client:
+            with OipHttpClient(stack.agent_url) as client:
+                for model in DEMO_MODELS:  # first the edge alone, as if offline
+                    client.set_router_policy(model, LOCAL_ONLY)
                 _local_answers(client, x, y)
                 _cache_hits(client, x)
                 _bad_inputs(client, x)
                 _metrics(client)
-            gateway, keys = start_gateway(workdir)
-            show_cloud(console, gateway, keys, x, y)
+            show_cloud(console, stack, x, y)
+            show_cascade(console, stack, workdir, x, y)
         finally:
-            codes = {"agent": agent.stop()}
-            if gateway is not None:
-                codes["gateway"] = gateway.stop()
+            codes = stack.stop()
         console.print(f"stopped on SIGTERM, exit codes: {codes}")
         return 0 if not any(codes.values()) else 1
 

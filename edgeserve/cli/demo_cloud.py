@@ -1,11 +1,10 @@
-"""The demo's cloud part: a gateway process, two tenants, batching and refusals."""
+"""The demo's cloud part: the gateway process, two tenants, batching and refusals."""
 
 from __future__ import annotations
 
 import concurrent.futures
 import re
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,23 +14,11 @@ from rich.table import Table
 
 from edgeserve.client import NODELAY
 from edgeserve.cloud_gateway.tenancy import TenantStore
-from edgeserve.processes import ServiceProcess, gateway_process
+from edgeserve.eval.stack import CascadeStack
 from edgeserve.wire import oip_rest
 from edgeserve.wire.tensors import InferRequest, InferTensor
 
 CLOUD_MODEL = "digits-cloud"
-
-
-def start_gateway(workdir: Path) -> tuple[ServiceProcess, dict[str, str]]:
-    """A gateway with tenant 'apps' (all models) and 'limited' (2 req/s, one model)."""
-    state = workdir / "gateway-state"
-    state.mkdir()
-    with TenantStore(state / "tenants.db") as store:
-        _, apps = store.add_tenant("apps", ["*"], rate_per_s=2000, burst=2000, max_in_flight=256)
-        _, limited = store.add_tenant("limited", ["digits-edge-fp32"], rate_per_s=2, burst=3)
-    gateway = gateway_process(workdir, state)
-    gateway.start()
-    return gateway, {"apps": apps, "limited": limited}
 
 
 def _post(
@@ -47,18 +34,14 @@ def _post(
 
 
 def show_cloud(
-    console: Console,
-    gateway: ServiceProcess,
-    keys: dict[str, str],
-    x: npt.NDArray[np.float32],
-    y: npt.NDArray[np.int64],
+    console: Console, stack: CascadeStack, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]
 ) -> None:
-    ports = gateway.ports
+    """Tenants 'apps' (all models) and 'limited' (2 req/s, one model) against the gateway."""
+    with TenantStore(stack.workdir / "gateway-state" / "tenants.db") as store:
+        _, limited = store.add_tenant("limited", ["digits-edge-fp32"], rate_per_s=2, burst=3)
+    keys = {"apps": stack.app_key, "limited": limited}
+    ports = stack.gateway.ports
     console.rule("5. cloud gateway: OIP v2 over REST and gRPC, tenants, dynamic batching")
-    console.print(
-        f"gateway pid {gateway.pid}: REST :{ports['http']}, gRPC :{ports['grpc']}, "
-        f"gRPC mTLS (devices) :{ports['grpc_mtls']}"
-    )
     transport = httpx.HTTPTransport(
         socket_options=[NODELAY], limits=httpx.Limits(max_connections=64)
     )

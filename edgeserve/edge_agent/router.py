@@ -91,6 +91,8 @@ class Router:
             return await self.executor.run(self.core.infer, request)
         key = self._cache_key(model, request)
         hit = self.core.cache.get(key) if key is not None else None
+        if key is not None:
+            (self.core.metrics.cache_hit if hit else self.core.metrics.cache_miss).inc()
         if hit is not None:
             return self.core.respond(model, request, list(hit.outputs), hit.parameters, True)
         local = await self.executor.run(self.core.infer, request, False)
@@ -128,7 +130,7 @@ class Router:
             return self.core.respond(model, request, local.outputs, answer, False)
         cloud = outcome.response
         outputs = _merge_rows(local.outputs, cloud.outputs, decision.rows)
-        cloud_labels = list(cloud.parameters.get("prediction") or [])
+        cloud_labels = [str(label) for label in _as_list(cloud.parameters.get("prediction"))]
         prediction = list(answer.get("prediction", edge_labels))
         for row, label in zip(decision.rows, cloud_labels, strict=False):
             prediction[row] = label
@@ -211,6 +213,17 @@ class Router:
             "confidence": [decision.scores[row] for row in decision.rows],
         }
         self.outbox.append("escalation", json.dumps(record).encode())
+
+
+def _as_list(value: Any) -> list[Any]:
+    """A list parameter as sent over gRPC, where OIP parameters are scalars and lists
+    travel JSON-encoded in a string (see ``wire.oip_grpc``)."""
+    if value is None:
+        return []
+    if isinstance(value, str) and value.startswith("["):
+        decoded = json.loads(value)
+        return decoded if isinstance(decoded, list) else [decoded]
+    return value if isinstance(value, list) else [value]
 
 
 def _label(model: LoadedModel, index: int) -> str:

@@ -67,7 +67,8 @@ def test_confident_requests_stay_local_and_hard_ones_get_the_cloud_answer(stacks
         cloud, _ = _timed(client, x[0], 500)
     assert local["tier"] == "edge" and "escalated_rows" not in local
     assert cloud["tier"] == "cloud" and cloud["escalated_rows"] == [0]
-    assert cloud["edge_prediction"] and cloud["cloud_prediction"]
+    assert cloud["edge_prediction"] and cloud["cloud_prediction"] == [str(digits[1][0])]
+    assert cloud["prediction"] == cloud["cloud_prediction"]
     assert cloud["escalation_ms"] >= cloud["gateway_ms"] > 0
 
 
