@@ -10,9 +10,12 @@ from rich.table import Table
 
 from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard
 
+EDGE_MODELS = ("digits-edge", "digits-edge-fp32", "digits-edge-tflite")
+
 
 def build(out: Path, seed: int) -> None:
     from edgeserve.models.build import build_all
+    from edgeserve.models.calibrate import calibrate_card
 
     out.mkdir(parents=True, exist_ok=True)
     with Progress(transient=True) as progress:
@@ -22,6 +25,12 @@ def build(out: Path, seed: int) -> None:
             progress.update(task, description=step)
 
         cards = build_all(out, seed=seed, progress=report)
+        # The router's temperature and threshold are part of a card: refit them on the
+        # calibration split of what was just built, with the committed default policy.
+        for name in EDGE_MODELS:
+            report(f"calibrating {name}")
+            calibrate_card(out, name, "digits-cloud", "max_probability", "escalation_rate", 0.1)
+    cards = [ModelCard.load(path) for path in sorted(out.glob(f"*{CARD_SUFFIX}"))]
     Console().print(cards_table(cards, f"built into {out}"))
 
 
