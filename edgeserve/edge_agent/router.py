@@ -101,9 +101,13 @@ class Router:
         answer = dict(local.parameters, confidence=decision.scores, score=policy.score)
         if not decision.rows:
             return self._finish(key, model, request, local.outputs, answer | {"tier": "edge"})
-        if self.mode == "hard_examples" or self.escalation is None:
+        if self.mode == "hard_examples":
             self._queue_hard_examples(model, request, decision)
             answer |= {"tier": "edge", "hard_example_rows": decision.rows}
+            return self._finish(key, model, request, local.outputs, answer)
+        if self.escalation is None:
+            # An agent with no cloud configured answers alone; that is its normal state.
+            answer |= {"tier": "edge", "uncertain_rows": decision.rows}
             return self._finish(key, model, request, local.outputs, answer)
         budget = _budget_s(request, self.default_budget_s) - (time.monotonic() - started)
         return await self._escalate(key, model, request, local, decision, answer, policy, budget)

@@ -170,3 +170,12 @@ def test_hard_examples_mode_answers_locally_and_queues_the_inputs(stacks, tmp_pa
     assert all(a["tier"] == "edge" and a["hard_example_rows"] == [0] for a in answers)
     outbox = Outbox(tmp_path / "agent-state" / "outbox.db", 1 << 20)
     assert outbox.count("hard_example") == 5
+
+
+def test_an_agent_without_a_cloud_answers_uncertain_requests_alone(start_agent, digits):
+    agent = start_agent(cache_entries="0")
+    with OipHttpClient(f"http://127.0.0.1:{agent.port}") as client:
+        client.set_router_policy(MODEL, ESCALATE_ALL)
+        params, _ = _timed(client, digits[0][0], 500)
+    assert params["tier"] == "edge" and params["uncertain_rows"] == [0]
+    assert "degraded" not in params
