@@ -11,6 +11,7 @@ never an error, never late.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -65,12 +66,30 @@ class Router:
         self.mode = mode
         self.default_budget_s = default_budget_s
         self._overrides: dict[str, RouterPolicy] = {}
+        self._writes: set[asyncio.Future[int]] = set()
 
     async def close(self) -> None:
         if self.escalation is not None:
             await self.escalation.close()
+        if self._writes:
+            await asyncio.wait(self._writes)
         if self.outbox is not None:
             self.outbox.close()
+
+    def _store(self, kind: str, record: dict[str, Any]) -> None:
+        """Append to the outbox on a worker thread: each commit fsyncs, and the answer
+        must not wait for the disk (nor may the event loop)."""
+        if self.outbox is None:
+            return
+        payload = json.dumps(record).encode()
+        write = asyncio.get_running_loop().run_in_executor(None, self.outbox.append, kind, payload)
+        self._writes.add(write)
+        write.add_done_callback(self._written)
+
+    def _written(self, write: asyncio.Future[int]) -> None:
+        self._writes.discard(write)
+        if not write.cancelled() and write.exception() is not None:
+            log.error("outbox write failed", exc_info=write.exception())
 
     def policy(self, model: LoadedModel) -> RouterPolicy | None:
         return self._overrides.get(model.card.name, model.card.router)
@@ -128,8 +147,7 @@ class Router:
         outcome = await self.escalation.escalate(cloud_request, budget_s)
         edge_labels = [_label(model, i) for i in decision.top]
         if outcome.response is None:
-            answer |= {"tier": "edge", "degraded": True,
-                       "degraded_reason": outcome.degraded_reason}
+            answer |= {"tier": "edge", "degraded": True, "degraded_reason": outcome.degraded_reason}
             # Not cached: the next identical request should get its chance at the cloud.
             return self.core.respond(model, request, local.outputs, answer, False)
         cloud = outcome.response
@@ -191,24 +209,26 @@ class Router:
     def _queue_hard_examples(
         self, model: LoadedModel, request: InferRequest, decision: Decision
     ) -> None:
-        if self.outbox is None:
-            return
         for row in decision.rows:
             record = {
                 "model": model.card.name,
                 "version": model.version,
                 "edge_prediction": _label(model, decision.top[row]),
                 "confidence": decision.scores[row],
-                "inputs": {t.name: {"datatype": t.datatype, "shape": list(t.data[row].shape),
-                                    "data": t.data[row].tolist()} for t in request.inputs},
+                "inputs": {
+                    t.name: {
+                        "datatype": t.datatype,
+                        "shape": list(t.data[row].shape),
+                        "data": t.data[row].tolist(),
+                    }
+                    for t in request.inputs
+                },
             }
-            self.outbox.append("hard_example", json.dumps(record).encode())
+            self._store("hard_example", record)
 
     def _record(
         self, model: LoadedModel, decision: Decision, edge: list[str], cloud: list[str]
     ) -> None:
-        if self.outbox is None:
-            return
         record = {
             "model": model.card.name,
             "version": model.version,
@@ -216,7 +236,7 @@ class Router:
             "cloud": cloud,
             "confidence": [decision.scores[row] for row in decision.rows],
         }
-        self.outbox.append("escalation", json.dumps(record).encode())
+        self._store("escalation", record)
 
 
 def _as_list(value: Any) -> list[Any]:
