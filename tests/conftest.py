@@ -84,7 +84,7 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
 @pytest.fixture(scope="session")
 def digits():
     """The held-out test split, from the committed artifacts."""
-    from edgeserve.edge_agent.core import packaged_artifacts
+    from edgeserve.models import packaged_artifacts
     from edgeserve.models.data import load_split
 
     return load_split(packaged_artifacts(), "test")

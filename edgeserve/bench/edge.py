@@ -26,9 +26,10 @@ from rich.table import Table
 
 from edgeserve.bench.timing import Latencies, interleaved
 from edgeserve.edge_agent.config import AgentConfig
-from edgeserve.edge_agent.core import AgentCore, packaged_artifacts
+from edgeserve.edge_agent.core import AgentCore
 from edgeserve.edge_agent.runtimes import RuntimeOptions
 from edgeserve.edge_agent.runtimes.tflite import TFLiteSession
+from edgeserve.models import packaged_artifacts
 from edgeserve.models.data import load_split
 from edgeserve.processes import agent_process
 from edgeserve.wire import oip_rest

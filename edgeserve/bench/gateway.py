@@ -39,7 +39,7 @@ from edgeserve.bench.gateway_harness import (
     repository_lookup_us,
     running_gateway,
 )
-from edgeserve.cloud_gateway.repository.seed import packaged_artifacts
+from edgeserve.models import packaged_artifacts
 
 console = Console(width=None if sys.stdout.isatty() else 132)
 CONCURRENCY = (1, 8, 32, 64)

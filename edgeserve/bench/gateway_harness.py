@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 
 from edgeserve.bench import loadgen as lg
-from edgeserve.cloud_gateway.repository.seed import config_from_card, packaged_artifacts
+from edgeserve.cloud_gateway.repository.seed import config_from_card
+from edgeserve.models import packaged_artifacts
 from edgeserve.processes import ServiceProcess
 from edgeserve.wire import oip_rest
 from edgeserve.wire.model_card import ModelCard

@@ -28,8 +28,8 @@ from rich.table import Table
 from edgeserve.cli.demo_cascade import show_cascade
 from edgeserve.cli.demo_cloud import show_cloud
 from edgeserve.client import OipError, OipHttpClient
-from edgeserve.edge_agent.core import packaged_artifacts
 from edgeserve.eval.stack import start_cascade
+from edgeserve.models import packaged_artifacts
 from edgeserve.models.data import load_split
 from edgeserve.processes import free_port
 

@@ -110,7 +110,7 @@ def models_calibrate(
 ) -> None:
     """Fit the temperature and pick the router threshold on the calibration split."""
     from edgeserve.cli.calibrate import calibrate
-    from edgeserve.edge_agent.core import packaged_artifacts
+    from edgeserve.models import packaged_artifacts
 
     calibrate(folder or packaged_artifacts(), model, cloud_model, score, target, value)  # type: ignore[arg-type]
 

@@ -35,7 +35,7 @@ def build(out: Path, seed: int) -> None:
 
 
 def list_cards(folder: Path | None) -> None:
-    from edgeserve.edge_agent.core import packaged_artifacts
+    from edgeserve.models import packaged_artifacts
 
     folder = folder or packaged_artifacts()
     cards = [ModelCard.load(path) for path in sorted(folder.glob(f"*{CARD_SUFFIX}"))]

@@ -18,6 +18,7 @@ from edgeserve.edge_agent.config import AgentConfig
 from edgeserve.edge_agent.metrics import AgentMetrics
 from edgeserve.edge_agent.runtimes import RuntimeOptions, RuntimeSession, open_session
 from edgeserve.edge_agent.store import ModelStore
+from edgeserve.models import packaged_artifacts
 from edgeserve.wire.confidence import top_class_confidence
 from edgeserve.wire.errors import EdgeServeError, InvalidInput, ModelNotFound
 from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard
@@ -27,11 +28,6 @@ from edgeserve.wire.validation import validate_inputs
 log = logging.getLogger(__name__)
 
 PLATFORMS = {"onnx": "onnxruntime_onnx", "tflite": "tensorflow_lite"}
-
-
-def packaged_artifacts() -> Path:
-    """The reference artifacts shipped inside the package (the embedded default)."""
-    return Path(__file__).resolve().parent.parent / "models" / "artifacts"
 
 
 @dataclass(slots=True)

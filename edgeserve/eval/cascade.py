@@ -24,8 +24,8 @@ from rich.progress import Progress
 from rich.table import Table
 
 from edgeserve.client import OipHttpClient
-from edgeserve.edge_agent.core import packaged_artifacts
 from edgeserve.eval.stack import CLOUD_MODEL, start_cascade
+from edgeserve.models import packaged_artifacts
 from edgeserve.models.data import load_split
 
 EDGE_MODEL = "digits-edge"

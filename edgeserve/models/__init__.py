@@ -8,3 +8,14 @@ TensorFlow). Every artifact lands in ``artifacts/`` next to a model card
 same seed reproduces the committed files exactly.
 Only :mod:`edgeserve.models.data`'s ``load_split`` is usable without the ``models`` extra.
 """
+
+from pathlib import Path
+
+__all__ = ["packaged_artifacts"]
+
+
+def packaged_artifacts() -> Path:
+    """The committed reference artifacts shipped inside the package: the embedded default
+    that the agent seeds from, the gateway's repository is seeded from, and the demo,
+    benchmarks and tests read."""
+    return Path(__file__).resolve().parent / "artifacts"

@@ -19,7 +19,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from edgeserve.models import nets
+from edgeserve.models import nets, packaged_artifacts
 from edgeserve.models.data import (
     NUM_CLASSES,
     NUM_FEATURES,
@@ -56,7 +56,7 @@ from edgeserve.wire.model_card import (
 Progress = Callable[[str], None]
 Precision = Literal["fp32", "int8"]
 
-ARTIFACTS_DIR = Path(__file__).parent / "artifacts"
+ARTIFACTS_DIR = packaged_artifacts()
 EDGE_FP32 = "digits-edge-fp32"
 EDGE_INT8 = "digits-edge"
 EDGE_TFLITE = "digits-edge-tflite"

@@ -10,7 +10,7 @@ import orjson
 import pytest
 
 from edgeserve.client import OipError, OipHttpClient
-from edgeserve.edge_agent.core import packaged_artifacts
+from edgeserve.models import packaged_artifacts
 from edgeserve.models.data import load_split
 from edgeserve.wire.model_card import ModelCard
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeserve.edge_agent.core import packaged_artifacts
+from edgeserve.models import packaged_artifacts
 from edgeserve.models.data import load_split
 
 httpclient = pytest.importorskip("tritonclient.http")

@@ -11,7 +11,8 @@ import numpy as np
 import pytest
 
 from edgeserve.cloud_gateway.repository.manager import ModelRepository
-from edgeserve.cloud_gateway.repository.seed import packaged_artifacts, seed_repository
+from edgeserve.cloud_gateway.repository.seed import seed_repository
+from edgeserve.models import packaged_artifacts
 from edgeserve.wire.errors import ModelNotFound, Unavailable
 
 MODEL_BYTES = (packaged_artifacts() / "digits-cloud.onnx").stat().st_size

@@ -5,13 +5,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from edgeserve.models import packaged_artifacts
 from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard
 
 DEFAULT_MODELS = ("digits-cloud", "digits-edge-fp32")
-
-
-def packaged_artifacts() -> Path:
-    return Path(__file__).resolve().parents[2] / "models" / "artifacts"
 
 
 def config_from_card(card: ModelCard, max_batch_size: int = 64) -> str:
