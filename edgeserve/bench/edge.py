@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import platform
 import tempfile
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -24,7 +22,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
-from edgeserve.bench.timing import Latencies, interleaved
+from edgeserve.bench.timing import Latencies, interleaved, machine_info
 from edgeserve.edge_agent.config import AgentConfig
 from edgeserve.edge_agent.core import AgentCore
 from edgeserve.edge_agent.runtimes import RuntimeOptions
@@ -247,7 +245,10 @@ class _Report:
     """Prints each comparison as it finishes and collects it for the JSON file and plot."""
 
     def __init__(self, requests: int) -> None:
-        self.document: dict[str, Any] = {"machine": _machine(), "requests": requests}
+        self.document: dict[str, Any] = {
+            "machine": machine_info(onnxruntime=ort.__version__),
+            "requests": requests,
+        }
         self.sections: dict[str, Any] = {}
         self.plots: dict[str, dict[str, Latencies]] = {}
 
@@ -301,18 +302,6 @@ def run_edge_benchmark(requests: int, out: Path, mobilenet: bool) -> dict[str, A
         report.add("ort_vs_tflite", title, results, "raw ONNX Runtime fp32", quality)
     report.write(out)
     return report.document
-
-
-def _machine() -> dict[str, Any]:
-    import os
-
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "onnxruntime": ort.__version__,
-        "date": time.strftime("%Y-%m-%d"),
-    }
 
 
 def _plot(groups: dict[str, dict[str, Latencies]], path: Path) -> None:

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import itertools
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -39,6 +37,7 @@ from edgeserve.bench.gateway_harness import (
     repository_lookup_us,
     running_gateway,
 )
+from edgeserve.bench.timing import machine_info
 from edgeserve.models import packaged_artifacts
 
 console = Console(width=None if sys.stdout.isatty() else 132)
@@ -252,19 +251,11 @@ def batching_goal(points: list[dict[str, Any]]) -> dict[str, Any]:
     return {"met": met, "by_concurrency": checks}
 
 
-def _machine() -> dict[str, Any]:
+def _machine_info() -> dict[str, Any]:
     import grpc
     import onnxruntime as ort
 
-    versions = {"onnxruntime": ort.__version__, "grpcio": grpc.__version__}
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        **versions,
-        "date": time.strftime("%Y-%m-%d"),
-        "loadavg_1m_at_start": os.getloadavg()[0],  # other work on the box skews figures
-    }
+    return machine_info(onnxruntime=ort.__version__, grpcio=grpc.__version__)
 
 
 def _plot(document: dict[str, Any], out: Path) -> None:
@@ -310,7 +301,7 @@ def run_gateway_benchmark(
     seconds = min(duration_s, 1.5) if quick else duration_s
     out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {
-        "machine": _machine(),
+        "machine": _machine_info(),
         "seconds_per_point": seconds,
         "queue_delay_us": QUEUE_DELAY_US,
     }

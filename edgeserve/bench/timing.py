@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import os
+import platform
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from rich.progress import Progress
@@ -46,7 +50,6 @@ def interleaved(
 
     Each call gets the request index, so contenders can walk the same inputs.
     """
-    import time
 
     results = {name: Latencies(name) for name in contenders}
     for call in contenders.values():
@@ -68,3 +71,15 @@ def interleaved(
     if progress is not None and task is not None:
         progress.remove_task(task)
     return results
+
+
+def machine_info(**versions: str) -> dict[str, Any]:
+    """What a benchmark ran on, recorded with its figures; ``versions`` of the libraries."""
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpus": os.cpu_count(),
+        **versions,
+        "date": time.strftime("%Y-%m-%d"),
+        "loadavg_1m_at_start": os.getloadavg()[0],  # other work on the box skews figures
+    }
