@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from edgeserve.cloud_gateway.backends import Backend, load_backend
-from edgeserve.cloud_gateway.repository.config import ModelConfig
+from edgeserve.cloud_gateway.backends.base import estimate_memory
+from edgeserve.cloud_gateway.repository.config import ModelConfig, artifact_path
 from edgeserve.cloud_gateway.scheduler import BatchingConfig, DynamicBatcher, Tensors
 from edgeserve.wire.errors import EdgeServeError, InternalError, ModelNotFound, Unavailable
 
@@ -194,10 +195,11 @@ class ModelRepository:
 
     async def _load(self, entry: ModelEntry, version: str) -> LoadedVersion:
         config = entry.config
-        estimate = _estimate_bytes(config, entry.path / version)
-        await self._make_room(estimate, config.name)
         started = time.perf_counter()
         try:
+            # The estimate the backend will report once loaded, before paying for the load.
+            artifact = artifact_path(entry.path / version, config.backend)
+            await self._make_room(estimate_memory(config, artifact), config.name)
             backend = await asyncio.to_thread(load_backend, config, entry.path / version)
         except EdgeServeError as exc:
             self._failures[config.name] = exc.message
@@ -323,10 +325,3 @@ def _served(config: ModelConfig, config_file: Path) -> list[str]:
     if policy.specific is not None:
         return [v for v in present if v in policy.specific]
     return present[-(policy.latest or 1) :]
-
-
-def _estimate_bytes(config: ModelConfig, version_dir: Path) -> int:
-    if config.memory_estimate_bytes is not None:
-        return config.memory_estimate_bytes
-    size = sum(p.stat().st_size for p in version_dir.iterdir() if p.is_file())
-    return 2 * size
