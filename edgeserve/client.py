@@ -6,6 +6,7 @@ exists so the project's own tools need nothing beyond ``httpx`` and the ``wire``
 
 from __future__ import annotations
 
+import re
 import socket
 from types import TracebackType
 from typing import Any
@@ -60,6 +61,11 @@ class OipHttpClient:
         """The server's Prometheus exposition text."""
         return self._http.get("/metrics").text
 
+    def metric(self, sample: str) -> float:
+        """One sample of ``/metrics`` by its exposition name with labels, e.g.
+        ``edgeserve_agent_breaker_open`` or ``foo_total{code="x"}``; 0 when absent."""
+        return metric_value(self.metrics(), sample)
+
     def router_policy(self, model: str) -> dict[str, Any] | None:
         """The agent's routing policy for ``model`` (an edgeserve extension)."""
         reply = self._http.get(f"/v2/models/{model}/router")
@@ -112,6 +118,12 @@ class OipHttpClient:
         return document
 
 
+def metric_value(exposition: str, sample: str) -> float:
+    """The value of ``sample`` in Prometheus exposition text, or 0 when it is absent."""
+    match = re.search(rf"^{re.escape(sample)} ([0-9.e+-]+)$", exposition, re.M)
+    return float(match.group(1)) if match else 0.0
+
+
 def _error_message(reply: httpx.Response) -> str:
     try:
         return str(reply.json().get("error", reply.text))
@@ -119,4 +131,4 @@ def _error_message(reply: httpx.Response) -> str:
         return reply.text
 
 
-__all__ = ["OipError", "OipHttpClient", "RequestedOutput"]
+__all__ = ["OipError", "OipHttpClient", "RequestedOutput", "metric_value"]

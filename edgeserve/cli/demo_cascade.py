@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import time
 from pathlib import Path
 from typing import Any
@@ -10,10 +9,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from rich.console import Console
-from rich.progress import track
+from rich.progress import Progress
 from rich.table import Table
 
 from edgeserve.client import OipHttpClient
+from edgeserve.eval.cascade import drive
 from edgeserve.eval.stack import CascadeStack
 from edgeserve.processes import gateway_process
 
@@ -37,36 +37,37 @@ def show_cascade(
             f"{policy.get('threshold', 0):.4f} (target {policy.get('target_kind')} "
             f"{policy.get('target_value')}, calibrated on the calibration split)"
         )
-        _cascade_run(console, client, x, y)
+        _cascade_run(console, client, x, y, float(policy.get("threshold", 0.0)))
         _kill_and_recover(console, client, stack, workdir, x)
 
 
 def _cascade_run(
-    console: Console, client: OipHttpClient, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]
+    console: Console,
+    client: OipHttpClient,
+    x: npt.NDArray[np.float32],
+    y: npt.NDArray[np.int64],
+    threshold: float,
 ) -> None:
-    local: list[float] = []
-    escalated: list[float] = []
-    overhead: list[float] = []
-    correct = 0
-    for row, label in track(list(zip(x, y, strict=True)), description="cascade", console=console):
-        started = time.perf_counter()
-        params = client.infer(MODEL, {"input": row[None, :]}).parameters
-        elapsed = (time.perf_counter() - started) * 1e3
-        correct += int(params["prediction"][0] == str(label))
-        if params.get("escalated_rows"):
-            escalated.append(elapsed)
-            overhead.append(params["escalation_ms"] - params.get("gateway_ms", 0.0))
-        else:
-            local.append(elapsed)
-    table = Table("path", "requests", "p50 ms", "p99 ms")
-    for name, values in (("answered locally", local), ("escalated to the cloud", escalated)):
-        p50, p99 = np.percentile(values, [50, 99]) if values else (float("nan"),) * 2
-        table.add_row(name, str(len(values)), f"{p50:.2f}", f"{p99:.2f}")
+    with Progress(console=console, transient=True) as progress:
+        run = drive(client, x, y, "cascade", threshold, progress)
+    table = Table("path", "share", "p50 ms", "p99 ms")
+    table.add_row(
+        "answered locally",
+        f"{1 - run.escalation_rate:.1%}",
+        f"{run.local_p50_ms:.2f}",
+        f"{run.local_p99_ms:.2f}",
+    )
+    table.add_row(
+        "escalated to the cloud",
+        f"{run.escalation_rate:.1%}",
+        f"{run.escalated_p50_ms:.2f}",
+        f"{run.escalated_p99_ms:.2f}",
+    )
     console.print(table)
     console.print(
-        f"cascade accuracy {correct / len(y):.2%} with {len(escalated) / len(y):.1%} escalated; "
+        f"cascade accuracy {run.accuracy:.2%} with {run.escalation_rate:.1%} escalated; "
         f"escalation overhead (gRPC round trip minus gateway time) p50 "
-        f"{np.median(overhead) if overhead else float('nan'):.2f} ms"
+        f"{run.overhead_p50_ms:.2f} ms"
     )
 
 
@@ -95,7 +96,7 @@ def _kill_and_recover(
     console.print(
         f"{len(answers)} requests, budget {FAULT_BUDGET_MS:.0f} ms each, gateway dead: "
         f"{len(answers)} answered locally and marked degraded {reasons}, slowest {worst:.1f} ms; "
-        f"breaker opened {_metric(client, 'edgeserve_agent_breaker_opened_total'):.0f} time(s)"
+        f"breaker opened {client.metric('edgeserve_agent_breaker_opened_total'):.0f} time(s)"
     )
     stack.gateway = gateway_process(
         workdir, workdir / "gateway-state", name="gateway-restarted", grpc_mtls_port=str(port)
@@ -107,7 +108,7 @@ def _kill_and_recover(
     console.print(
         f"gateway restarted: the breaker's half-open probe got through after "
         f"{time.monotonic() - started:.1f}s, escalations flow again (breaker open = "
-        f"{_metric(client, 'edgeserve_agent_breaker_open'):.0f})"
+        f"{client.metric('edgeserve_agent_breaker_open'):.0f})"
     )
     client.set_router_policy(MODEL, None)
 
@@ -118,8 +119,3 @@ def _timed(client: OipHttpClient, row: npt.NDArray[np.float32]) -> tuple[dict[st
         MODEL, {"input": row[None, :]}, parameters={"timeout": FAULT_BUDGET_MS * 1e3}
     )
     return answer.parameters, (time.perf_counter() - started) * 1e3
-
-
-def _metric(client: OipHttpClient, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", client.metrics(), re.M)
-    return float(match.group(1)) if match else 0.0

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import concurrent.futures
-import re
 import time
 
 import httpx
@@ -12,7 +11,7 @@ import numpy.typing as npt
 from rich.console import Console
 from rich.table import Table
 
-from edgeserve.client import NODELAY
+from edgeserve.client import NODELAY, metric_value
 from edgeserve.cloud_gateway.tenancy import TenantStore
 from edgeserve.eval.stack import CascadeStack
 from edgeserve.wire import oip_rest
@@ -102,15 +101,10 @@ def _refusals(
 
 def _batching(console: Console, http: httpx.Client) -> None:
     text = http.get("/metrics").text
-    count = _metric(text, f'edgeserve_gateway_batch_size_count{{model="{CLOUD_MODEL}"}}')
-    rows = _metric(text, f'edgeserve_gateway_batch_size_sum{{model="{CLOUD_MODEL}"}}')
+    count = metric_value(text, f'edgeserve_gateway_batch_size_count{{model="{CLOUD_MODEL}"}}')
+    rows = metric_value(text, f'edgeserve_gateway_batch_size_sum{{model="{CLOUD_MODEL}"}}')
     if count:
         console.print(
             f"dynamic batching: {int(rows)} requests ran in {int(count)} batches "
             f"(mean {rows / count:.1f} rows per batch)"
         )
-
-
-def _metric(text: str, name: str) -> float:
-    match = re.search(re.escape(name) + r" ([0-9.e+]+)", text)
-    return float(match.group(1)) if match else 0.0

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import socket
 import time
 from pathlib import Path
@@ -44,11 +43,6 @@ def _timed(client: OipHttpClient, row, budget_ms: float):
     started = time.monotonic()
     answer = client.infer(MODEL, {"input": row[None, :]}, parameters={"timeout": budget_ms * 1000})
     return answer.parameters, time.monotonic() - started
-
-
-def _metric(client: OipHttpClient, name: str) -> float:
-    match = re.search(rf"^{re.escape(name)} ([0-9.e+-]+)$", client.metrics(), re.M)
-    return float(match.group(1)) if match else 0.0
 
 
 def _free_port() -> int:
@@ -94,7 +88,7 @@ def test_killing_the_gateway_fails_no_request_and_the_breaker_recovers(stacks, t
         answers = [_timed(client, row, budget_ms) for row in x[:40]]
         assert all(params["degraded"] for params, _ in answers)
         assert max(elapsed for _, elapsed in answers) < budget_ms / 1000 + 0.15
-        assert _metric(client, "edgeserve_agent_breaker_opened_total") >= 1
+        assert client.metric("edgeserve_agent_breaker_opened_total") >= 1
         restarted = gateway_process(
             tmp_path, tmp_path / "gateway-state", name="gateway-again", grpc_mtls_port=str(port)
         )
@@ -103,7 +97,7 @@ def test_killing_the_gateway_fails_no_request_and_the_breaker_recovers(stacks, t
         deadline = time.monotonic() + 20
         while _timed(client, x[1], budget_ms)[0]["tier"] != "cloud":
             assert time.monotonic() < deadline, "breaker never closed after the gateway returned"
-        assert _metric(client, "edgeserve_agent_breaker_open") == 0
+        assert client.metric("edgeserve_agent_breaker_open") == 0
 
 
 def test_a_stalled_link_keeps_every_answer_within_its_budget(stacks, tmp_path, digits):
