@@ -119,40 +119,42 @@ class ServiceProcess:
         self.stop()
 
 
-def agent_process(workdir: Path, name: str = "agent", **settings: str) -> ServiceProcess:
-    """An edge agent child on a free loopback port, its state and log under ``workdir``.
-
-    ``settings`` are agent config keys (``models='["a"]'``, ``cache_entries="0"``...).
-    """
-    env = {"EDGESERVE_AGENT_PORT": "0", "EDGESERVE_AGENT_STATE_DIR": str(workdir / f"{name}-state")}
-    env.update({f"EDGESERVE_AGENT_{key.upper()}": value for key, value in settings.items()})
+def service_process(
+    service: str, workdir: Path, name: str, settings: dict[str, str]
+) -> ServiceProcess:
+    """``edgeserve <service> run`` as a child, configured by ``EDGESERVE_<SERVICE>_<KEY>``
+    variables, writing its ports to ``<workdir>/<name>.port`` and its log beside it."""
+    prefix = f"EDGESERVE_{service.upper()}_"
+    env = {prefix + key.upper(): value for key, value in settings.items()}
     return ServiceProcess.edgeserve(
-        "agent",
+        service,
         "run",
         port_file=workdir / f"{name}.port",
         log_file=workdir / f"{name}.log",
         env=env,
     )
+
+
+def agent_process(workdir: Path, name: str = "agent", **settings: str) -> ServiceProcess:
+    """An edge agent on a free loopback port, its state under ``workdir``.
+
+    ``settings`` are agent config keys (``models='["a"]'``, ``cache_entries="0"``...).
+    """
+    defaults = {"port": "0", "state_dir": str(workdir / f"{name}-state")}
+    return service_process("agent", workdir, name, defaults | settings)
 
 
 def gateway_process(
     workdir: Path, state_dir: Path, name: str = "gateway", **settings: str
 ) -> ServiceProcess:
-    """A gateway child with all three listeners on free loopback ports (``.ports``)."""
-    env = {
-        "EDGESERVE_GATEWAY_STATE_DIR": str(state_dir),
-        "EDGESERVE_GATEWAY_HTTP_PORT": "0",
-        "EDGESERVE_GATEWAY_GRPC_PORT": "0",
-        "EDGESERVE_GATEWAY_GRPC_MTLS_PORT": "0",
+    """A gateway with all three listeners on free loopback ports (``.ports``)."""
+    defaults = {
+        "state_dir": str(state_dir),
+        "http_port": "0",
+        "grpc_port": "0",
+        "grpc_mtls_port": "0",
     }
-    env.update({f"EDGESERVE_GATEWAY_{key.upper()}": value for key, value in settings.items()})
-    return ServiceProcess.edgeserve(
-        "gateway",
-        "run",
-        port_file=workdir / f"{name}.port",
-        log_file=workdir / f"{name}.log",
-        env=env,
-    )
+    return service_process("gateway", workdir, name, defaults | settings)
 
 
 def free_port() -> int:
