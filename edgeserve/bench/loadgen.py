@@ -133,14 +133,14 @@ class GrpcSender:
         import grpc
 
         from edgeserve.wire import oip_grpc
-        from edgeserve.wire.proto import grpc_service_pb2_grpc as pb_grpc
+        from edgeserve.wire.grpc_stubs import inference_stub
 
         self._grpc = grpc
         options = [("grpc.use_local_subchannel_pool", 1)]
         self._channels = [
             grpc.aio.insecure_channel(args.address, options=options) for _ in range(connections)
         ]
-        self._stubs = [pb_grpc.GRPCInferenceServiceStub(c) for c in self._channels]  # type: ignore[no-untyped-call]
+        self._stubs = [inference_stub(c) for c in self._channels]
         self._messages = [oip_grpc.request_to_proto(_request(args, s)) for s in range(16)]
         self._metadata = (("authorization", f"Bearer {args.key}"),)
         self._timeout = args.timeout

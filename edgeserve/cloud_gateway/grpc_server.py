@@ -22,6 +22,7 @@ from edgeserve.cloud_gateway.core import Credentials, GatewayCore
 from edgeserve.cloud_gateway.tenancy import Principal
 from edgeserve.wire import oip_grpc
 from edgeserve.wire.errors import EdgeServeError, InternalError, RateLimited
+from edgeserve.wire.grpc_stubs import add_inference_servicer
 from edgeserve.wire.proto import grpc_service_pb2 as pb
 from edgeserve.wire.proto import grpc_service_pb2_grpc as pb_grpc
 
@@ -155,7 +156,7 @@ def create_grpc_server(
     ]
     server = grpc.aio.server(options=options)
     servicer = Servicer(core, tls is not None)
-    pb_grpc.add_GRPCInferenceServiceServicer_to_server(servicer, server)  # type: ignore[no-untyped-call]
+    add_inference_servicer(servicer, server)
     address = f"{host}:{port}"
     if tls is None:
         bound = server.add_insecure_port(address)

@@ -30,7 +30,7 @@ from edgeserve.wire.errors import (
     Unauthenticated,
     Unavailable,
 )
-from edgeserve.wire.proto import grpc_service_pb2_grpc as pb_grpc
+from edgeserve.wire.grpc_stubs import inference_stub
 from edgeserve.wire.tensors import InferRequest, InferResponse
 
 __all__ = ["GrpcCloudTransport", "channel_options"]
@@ -123,7 +123,7 @@ class GrpcCloudTransport:
                 self._channel = grpc.aio.secure_channel(
                     self.target, credentials, options=self._options
                 )
-            self._stub = pb_grpc.GRPCInferenceServiceStub(self._channel)  # type: ignore[no-untyped-call]
+            self._stub = inference_stub(self._channel)
         return self._stub
 
 
