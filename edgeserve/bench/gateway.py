@@ -137,6 +137,7 @@ def bench_overhead(gateway: Gateway, seconds: float, work: Path) -> dict[str, An
         samples.append((time.perf_counter() - started) * 1e3)
     p50_ms = lg.percentile(samples, 50)
     results = {"raw session.run": {"p50_ms": p50_ms, "p99_ms": lg.percentile(samples, 99)}}
+    results["grpc ServerLive (transport floor)"] = grpc_floor(gateway.address("grpc"))
     for target in ("rest-json", "rest-binary", "grpc"):
         r = gateway.loadgen(target, "digits-cloud-nobatch", work / "o.json", duration=seconds)
         results[target] = {
@@ -154,6 +155,24 @@ def bench_overhead(gateway: Gateway, seconds: float, work: Path) -> dict[str, An
     title = "per-request overhead over raw session.run (digits-cloud, c=1, batch 1, no batching)"
     console.print(table(title, columns, rows))
     return results
+
+
+def grpc_floor(address: str, calls: int = 3000) -> dict[str, float]:
+    """A gRPC round trip through the gateway's server that does no work: the floor under
+    every gRPC figure (sync client, one channel, concurrency 1)."""
+    import grpc
+
+    from edgeserve.wire.grpc_stubs import inference_stub
+    from edgeserve.wire.proto import grpc_service_pb2 as pb
+
+    with grpc.insecure_channel(address) as channel:
+        stub = inference_stub(channel)
+        samples = []
+        for _ in range(calls):
+            started = time.perf_counter()
+            stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
+            samples.append((time.perf_counter() - started) * 1e3)
+    return {"p50_ms": lg.percentile(samples[100:], 50), "p99_ms": lg.percentile(samples[100:], 99)}
 
 
 def bench_eviction(gateway: Gateway, budget: int, rounds: int = 6) -> dict[str, Any]:
