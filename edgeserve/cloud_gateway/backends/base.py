@@ -10,8 +10,6 @@ import numpy.typing as npt
 
 from edgeserve.cloud_gateway.repository.config import ModelConfig
 from edgeserve.wire.errors import InvalidInput
-from edgeserve.wire.model_card import TensorSpec
-from edgeserve.wire.tensors import numpy_dtype
 
 Arrays = dict[str, npt.NDArray[Any]]
 
@@ -73,16 +71,3 @@ def check_shape(name: str, declared: Sequence[Any], actual: tuple[int, ...]) -> 
             raise InvalidInput(
                 f"input '{name}' has shape {list(actual)}, the model expects {list(declared)}"
             )
-
-
-def check_inputs(specs: list[TensorSpec], inputs: Arrays, model: str) -> None:
-    """Names, dtypes and shapes of ``inputs`` against the config's declared inputs."""
-    check_names((spec.name for spec in specs), inputs, model)
-    for spec in specs:
-        array = inputs[spec.name]
-        expected = numpy_dtype(spec.datatype)
-        if array.dtype != expected:
-            raise InvalidInput(
-                f"input '{spec.name}' is {array.dtype}, the model expects {spec.datatype}"
-            )
-        check_shape(spec.name, spec.shape, array.shape)

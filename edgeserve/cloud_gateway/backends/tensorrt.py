@@ -20,10 +20,11 @@ from typing import Any
 
 import numpy as np
 
-from edgeserve.cloud_gateway.backends.base import Arrays, check_inputs
+from edgeserve.cloud_gateway.backends.base import Arrays
 from edgeserve.cloud_gateway.repository.config import ModelConfig
 from edgeserve.wire.errors import EdgeServeError, InternalError, InvalidInput, Unavailable
 from edgeserve.wire.tensors import numpy_dtype
+from edgeserve.wire.validation import check_signature
 
 GPU_HINT = "TensorRT backend needs the 'gpu' extra and an NVIDIA GPU"
 
@@ -116,7 +117,7 @@ class TensorRTBackend:
     def run(self, inputs: Arrays) -> Arrays:
         if self._engine is None:
             raise Unavailable(f"model '{self._config.name}' is unloaded")
-        check_inputs(self._config.inputs, inputs, self._config.name)
+        check_signature(self._config.name, self._config.inputs, inputs)
         slot = self._slots.get()
         try:
             return self._execute(slot, inputs)

@@ -26,10 +26,11 @@ import numpy as np
 import torch
 from torch.export.passes import move_to_device_pass
 
-from edgeserve.cloud_gateway.backends.base import Arrays, check_inputs, estimate_memory
+from edgeserve.cloud_gateway.backends.base import Arrays, estimate_memory
 from edgeserve.cloud_gateway.repository.config import ModelConfig
 from edgeserve.wire.errors import EdgeServeError, InternalError, Unavailable
 from edgeserve.wire.tensors import DATATYPE_TO_NUMPY
+from edgeserve.wire.validation import check_signature
 
 # torch.jit.load is untyped since its deprecation; this is its documented signature.
 _jit_load = cast(Callable[..., torch.jit.ScriptModule], torch.jit.load)
@@ -89,7 +90,7 @@ class TorchBackend:
         module = self._module
         if module is None:
             raise Unavailable(f"model '{self._config.name}' is unloaded")
-        check_inputs(self._config.inputs, inputs, self._config.name)
+        check_signature(self._config.name, self._config.inputs, inputs)
         try:
             with torch.inference_mode():
                 args = [self._to_tensor(inputs[spec.name]) for spec in self._config.inputs]
