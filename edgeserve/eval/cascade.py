@@ -234,15 +234,7 @@ def _plot(out: Path, report: dict[str, Any], sweep: list[Run]) -> None:
         ms=14,
         label="calibrated policy",
     )
-    axis.set(
-        xlabel="escalated requests (%)",
-        ylabel="accuracy on the test split (%)",
-        title="accuracy vs escalation",
-    )
-    axis.legend()
-    fig.tight_layout()
-    fig.savefig(out / "accuracy.png", dpi=110)
-    plt.close(fig)
+    _save(fig, axis, out / "accuracy.png", "accuracy on the test split (%)", "accuracy")
     fig, axis = plt.subplots(figsize=(6, 4))
     for attr, label in (
         ("local_p50_ms", "local p50"),
@@ -251,12 +243,15 @@ def _plot(out: Path, report: dict[str, Any], sweep: list[Run]) -> None:
         ("escalated_p99_ms", "escalated p99"),
     ):
         axis.plot(rates, [getattr(run, attr) for run in sweep], "o-", label=label)
-    axis.set(
-        xlabel="escalated requests (%)",
-        ylabel="request latency through the agent (ms)",
-        title="latency vs escalation",
-    )
+    _save(fig, axis, out / "latency.png", "request latency through the agent (ms)", "latency")
+
+
+def _save(fig: Any, axis: Any, path: Path, ylabel: str, what: str) -> None:
+    """Label an escalation-rate plot, write it and free it."""
+    import matplotlib.pyplot as plt
+
+    axis.set(xlabel="escalated requests (%)", ylabel=ylabel, title=f"{what} vs escalation")
     axis.legend()
     fig.tight_layout()
-    fig.savefig(out / "latency.png", dpi=110)
+    fig.savefig(path, dpi=110)
     plt.close(fig)
