@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeserve.edge_agent.runtimes.tflite import interpreter_class
 from edgeserve.models.data import FloatArray, LabelArray
 
 
@@ -37,18 +38,10 @@ def run_onnx(model: Path | bytes, x: FloatArray, batch_size: int = 256) -> Float
     return np.asarray(np.concatenate(chunks), dtype=np.float32)
 
 
-def _interpreter_class() -> Any:
-    try:
-        from ai_edge_litert.interpreter import Interpreter
-    except ImportError:  # pragma: no cover - only on hosts with the legacy runtime
-        from tflite_runtime.interpreter import Interpreter
-    return Interpreter
-
-
 def run_tflite(model: Path | bytes, x: FloatArray) -> FloatArray:
     """Run all of ``x`` as one batch through a TFLite model, resizing its batch axis."""
     content = model.read_bytes() if isinstance(model, Path) else model
-    interpreter = _interpreter_class()(model_content=content, num_threads=1)
+    interpreter = interpreter_class()(model_content=content, num_threads=1)
     input_detail = interpreter.get_input_details()[0]
     interpreter.resize_tensor_input(input_detail["index"], list(x.shape), strict=True)
     interpreter.allocate_tensors()

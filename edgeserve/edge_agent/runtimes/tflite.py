@@ -17,7 +17,8 @@ from edgeserve.edge_agent.runtimes.base import Arrays, RuntimeOptions
 from edgeserve.wire.errors import InternalError, InvalidInput
 
 
-def _interpreter_class() -> Any:
+def interpreter_class() -> Any:
+    """The installed TFLite ``Interpreter`` class: LiteRT's, else tflite-runtime's."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
@@ -35,7 +36,7 @@ class TFLiteSession:
 
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
         try:
-            self._interpreter = _interpreter_class()(
+            self._interpreter = interpreter_class()(
                 model_path=str(path), num_threads=options.threads
             )
             self._interpreter.allocate_tensors()
