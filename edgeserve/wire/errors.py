@@ -12,6 +12,9 @@
     ├── Unavailable                503  not ready, overloaded, queue full
     ├── DeadlineExceeded           504  the request's deadline passed before it ran
     ├── IntegrityError             500  artifact bytes do not match their card/manifest
+    │   └── SignatureError         500  a manifest whose Ed25519 signature does not verify
+    ├── UpdateRefused              409  a verified update this device must not apply
+    │                                   (older version, replay, expired, wrong base)
     └── InternalError              500  a bug or a runtime failure
 
 Front doors never invent statuses: REST maps through ``ErrorCode.http_status`` and gRPC
@@ -34,6 +37,7 @@ class ErrorCode(Enum):
     RATE_LIMITED = (429, "RESOURCE_EXHAUSTED")
     UNAVAILABLE = (503, "UNAVAILABLE")
     DEADLINE_EXCEEDED = (504, "DEADLINE_EXCEEDED")
+    CONFLICT = (409, "FAILED_PRECONDITION")
     INTEGRITY = (500, "DATA_LOSS")
     INTERNAL = (500, "INTERNAL")
 
@@ -99,6 +103,14 @@ class DeadlineExceeded(EdgeServeError):
 
 class IntegrityError(EdgeServeError):
     code = ErrorCode.INTEGRITY
+
+
+class SignatureError(IntegrityError):
+    pass
+
+
+class UpdateRefused(EdgeServeError):
+    code = ErrorCode.CONFLICT
 
 
 class InternalError(EdgeServeError):

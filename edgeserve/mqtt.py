@@ -1,0 +1,202 @@
+"""One MQTT connection for an asyncio service: paho-mqtt 2.x on its own thread, bridged.
+
+Both ends of the sync wire (the agent's sync client and the fleet's sync service) use
+``MqttLink``: it connects in the background and keeps reconnecting with backoff (the
+broker may be down at start), resubscribes after every connect, and hands each message
+to the event loop through a bounded queue — a flood of garbage fills the queue and is
+counted as dropped instead of growing memory without end. MQTT 5 with a persistent
+session (``clean_start=False``) so QoS 1 messages addressed to a briefly offline client
+wait for it at the broker.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import ssl
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import paho.mqtt.client as paho
+from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
+from paho.mqtt.reasoncodes import ReasonCode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerAddress:
+    """Where the broker is and how to authenticate to it."""
+
+    host: str = "127.0.0.1"
+    port: int = 1883
+    username: str | None = None
+    password: str | None = None
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    keepalive_s: int = 15
+
+    @property
+    def tls(self) -> bool:
+        return self.ca is not None
+
+
+@dataclass(frozen=True, slots=True)
+class Will:
+    topic: str
+    payload: bytes
+    retain: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    topic: str
+    payload: bytes
+    retain: bool
+
+
+@dataclass(slots=True)
+class LinkStats:
+    connects: int = 0
+    disconnects: int = 0
+    received: int = 0
+    dropped_overflow: int = 0
+    published: int = 0
+
+
+@dataclass
+class MqttLink:
+    """A reconnecting MQTT 5 client whose messages arrive on an asyncio queue."""
+
+    address: BrokerAddress
+    client_id: str
+    subscriptions: list[str]
+    will: Will | None = None
+    queue_size: int = 10_000
+    session_expiry_s: int = 3600
+    on_connect: Callable[[], None] | None = None
+    stats: LinkStats = field(default_factory=LinkStats)
+
+    def __post_init__(self) -> None:
+        self.messages: asyncio.Queue[Message] = asyncio.Queue(self.queue_size)
+        self.connected = asyncio.Event()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._client = self._build_client()
+
+    def _build_client(self) -> paho.Client:
+        client = paho.Client(
+            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
+        )
+        if self.address.username is not None:
+            client.username_pw_set(self.address.username, self.address.password)
+        if self.address.tls:
+            client.tls_set(
+                ca_certs=str(self.address.ca),
+                certfile=str(self.address.cert) if self.address.cert else None,
+                keyfile=str(self.address.key) if self.address.key else None,
+                cert_reqs=ssl.CERT_REQUIRED,
+            )
+        if self.will is not None:
+            client.will_set(self.will.topic, self.will.payload, qos=1, retain=self.will.retain)
+        client.reconnect_delay_set(min_delay=1, max_delay=8)
+        client.max_inflight_messages_set(64)
+        client.max_queued_messages_set(0)
+        client.on_connect = self._on_connect
+        client.on_disconnect = self._on_disconnect
+        client.on_message = self._on_message
+        return client
+
+    # -- lifecycle (event loop) ---------------------------------------------------------
+
+    def start(self) -> None:
+        """Begin connecting in the background; returns at once."""
+        self._loop = asyncio.get_running_loop()
+        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+        properties.SessionExpiryInterval = self.session_expiry_s
+        self._client.connect_async(
+            self.address.host,
+            self.address.port,
+            self.address.keepalive_s,
+            clean_start=False,
+            properties=properties,
+        )
+        self._client.loop_start()
+
+    async def wait_connected(self, timeout: float) -> None:
+        await asyncio.wait_for(self.connected.wait(), timeout)
+
+    async def stop(self, graceful_status: Message | None = None) -> None:
+        """Publish ``graceful_status`` if connected (so no last will fires), disconnect."""
+        if graceful_status is not None and self.connected.is_set():
+            info = self._client.publish(
+                graceful_status.topic, graceful_status.payload, qos=1, retain=graceful_status.retain
+            )
+            await asyncio.to_thread(info.wait_for_publish, 2.0)
+        self._client.disconnect()
+        await asyncio.to_thread(self._client.loop_stop)
+
+    # -- publishing (any thread) -----------------------------------------------------------
+
+    def publish(self, topic: str, payload: bytes, qos: int = 1, retain: bool = False) -> None:
+        """Queue a message; paho sends it now or after the next reconnect (QoS >= 1)."""
+        self._client.publish(topic, payload, qos=qos, retain=retain)
+        self.stats.published += 1
+
+    @property
+    def is_connected(self) -> bool:
+        return self._client.is_connected()
+
+    # -- paho callbacks (network thread) ---------------------------------------------------
+
+    def _on_connect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: object,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        if reason.is_failure:
+            log.warning("broker refused connection", extra={"reason": str(reason)})
+            return
+        self.stats.connects += 1
+        if self.subscriptions:
+            client.subscribe([(topic, 1) for topic in self.subscriptions])
+        log.info("connected to broker", extra={"client_id": self.client_id})
+        self._to_loop(self._connected)
+
+    def _connected(self) -> None:
+        self.connected.set()
+        if self.on_connect is not None:
+            self.on_connect()
+
+    def _on_disconnect(
+        self,
+        client: paho.Client,
+        userdata: object,
+        flags: object,
+        reason: ReasonCode,
+        properties: Properties | None,
+    ) -> None:
+        self.stats.disconnects += 1
+        log.info("disconnected from broker", extra={"reason": str(reason)})
+        self._to_loop(self.connected.clear)
+
+    def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
+        self.stats.received += 1
+        self._to_loop(self._enqueue, Message(msg.topic, bytes(msg.payload), bool(msg.retain)))
+
+    def _enqueue(self, message: Message) -> None:
+        try:
+            self.messages.put_nowait(message)
+        except asyncio.QueueFull:
+            self.stats.dropped_overflow += 1
+
+    def _to_loop(self, callback: Callable[..., None], *args: object) -> None:
+        loop = self._loop
+        if loop is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(callback, *args)

@@ -1,0 +1,96 @@
+"""Telemetry records and the compressed batches that carry them home.
+
+The agent appends records to its outbox (one SQLite row each, numbered by a sequence
+that never repeats) and uploads them oldest first as a ``TelemetryBatch``: the range of
+sequence numbers it covers and the records in it, orjson then zstd. ``from_seq`` is the
+highest sequence the agent knows to be acknowledged (or dropped under its disk budget),
+so the fleet side can tell a contiguous batch from one that follows a lost batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import orjson
+import pyzstd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from edgeserve.wire.errors import InvalidInput, PayloadTooLarge
+
+BATCH_SCHEMA = "edgeserve.telemetry/1"
+MAX_BATCH_COMPRESSED = 1 << 20
+MAX_BATCH_DECOMPRESSED = 16 << 20
+
+RecordKind = Literal["request", "escalation", "hard_example"]
+
+
+class RequestRecord(BaseModel):
+    """One answered request, as the ``data`` of an outbox record of kind ``request``."""
+
+    model_config = ConfigDict(frozen=True)
+
+    model: str
+    version: str
+    latency_ms: float = Field(ge=0)
+    rows: int = Field(1, ge=1)
+    confidence: float | None = Field(None, description="lowest row confidence, if scored")
+    tier: Literal["edge", "cloud", "mixed"] = "edge"
+    escalated: bool = False
+    degraded: bool = False
+    cache_hit: bool = False
+    agreement: float | None = Field(
+        None, description="share of escalated rows where edge and cloud agreed"
+    )
+    error: str | None = Field(None, description="error code label if the request failed")
+
+
+class OutboxEntry(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    seq: int = Field(gt=0)
+    kind: RecordKind
+    created: float
+    data: dict[str, Any]
+
+
+class TelemetryBatch(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid", populate_by_name=True)
+
+    schema_id: Literal["edgeserve.telemetry/1"] = Field("edgeserve.telemetry/1", alias="schema")
+    device_id: str
+    from_seq: int = Field(ge=0, description="every seq <= this was acknowledged or dropped")
+    to_seq: int = Field(ge=0, description="the last seq this batch covers")
+    dropped: int = Field(0, ge=0, description="records the device dropped, all time")
+    records: list[OutboxEntry]
+
+
+def encode_batch(batch: TelemetryBatch, level: int = 3) -> bytes:
+    return pyzstd.compress(orjson.dumps(batch.model_dump(by_alias=True)), level)
+
+
+def decode_batch(payload: bytes) -> TelemetryBatch:
+    """Decompress (bounded, so a zstd bomb is refused) and validate one batch."""
+    if len(payload) > MAX_BATCH_COMPRESSED:
+        raise PayloadTooLarge(
+            f"telemetry batch of {len(payload)} bytes is over {MAX_BATCH_COMPRESSED}"
+        )
+    decompressor = pyzstd.ZstdDecompressor()
+    try:
+        raw = decompressor.decompress(payload, MAX_BATCH_DECOMPRESSED + 1)
+    except pyzstd.ZstdError as exc:
+        raise InvalidInput(f"telemetry batch is not zstd: {exc}") from exc
+    if len(raw) > MAX_BATCH_DECOMPRESSED:
+        raise PayloadTooLarge(f"telemetry batch inflates past {MAX_BATCH_DECOMPRESSED} bytes")
+    if not decompressor.eof:
+        raise InvalidInput("telemetry batch is truncated")
+    try:
+        batch = TelemetryBatch.model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "body"
+        raise InvalidInput(f"bad telemetry batch: {where}: {first['msg']}") from exc
+    if batch.to_seq < batch.from_seq or any(
+        not batch.from_seq < r.seq <= batch.to_seq for r in batch.records
+    ):
+        raise InvalidInput("telemetry batch records fall outside its (from_seq, to_seq] range")
+    return batch
