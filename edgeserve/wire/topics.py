@@ -42,7 +42,7 @@ DeviceTopicKind = Literal[
 
 def check_device_id(device_id: str) -> str:
     """A device id is one topic level: no ``/``, ``+``, ``#`` or other surprises."""
-    if not DEVICE_ID_PATTERN.match(device_id):
+    if not DEVICE_ID_PATTERN.fullmatch(device_id):
         raise ValueError(f"invalid device id {device_id!r} (letters, digits, '_', '.', '-')")
     return device_id
 

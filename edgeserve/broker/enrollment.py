@@ -1,0 +1,238 @@
+"""Everything a broker needs, generated under one state folder: users, certificates, config.
+
+``BrokerSetup.create`` makes (or completes) a folder holding the Mosquitto config, the
+ACL file, the password file, one client certificate per user, and — for the demo and
+the tests only — each user's plaintext password in a 0600 file under ``credentials/``.
+In production the password is handed to the device at enrollment and nothing but its
+hash stays on the broker host. Device ids are checked with the topic tree's own rule
+(one topic level, no wildcards) before they reach a certificate, a file name or an ACL
+pattern. Adding a device reloads any broker started from this setup.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pwd
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from edgeserve.broker import passwords
+from edgeserve.broker.acl import SERVICE_USER, render_acl
+from edgeserve.broker.config import MosquittoConfig, render_mosquitto_conf
+from edgeserve.mqtt import BrokerAddress
+from edgeserve.security.pki import CertPaths, DevPki, issue_client_cert
+from edgeserve.wire.errors import InvalidInput, ModelNotFound
+from edgeserve.wire.topics import DEVICE_ID_PATTERN, check_device_id
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerCredentials:
+    username: str
+    password: str
+
+
+class Reloadable(Protocol):
+    def reload(self, timeout: float = 10.0) -> None: ...
+
+
+class BrokerSetup:
+    """The files of one broker under ``directory``; see the module docstring."""
+
+    def __init__(
+        self,
+        directory: Path,
+        pki: DevPki,
+        port: int,
+        service_users: Sequence[str] = (SERVICE_USER,),
+        host: str = "127.0.0.1",
+    ) -> None:
+        self.directory = directory.resolve()
+        self.pki = pki
+        self.port = port
+        self.host = host
+        self.service_users = tuple(service_users)
+        self._brokers: list[Reloadable] = []
+
+    # -- layout ------------------------------------------------------------------------
+
+    @property
+    def config_path(self) -> Path:
+        return self.directory / "mosquitto.conf"
+
+    @property
+    def password_file(self) -> Path:
+        return self.directory / "passwd"
+
+    @property
+    def acl_file(self) -> Path:
+        return self.directory / "acl"
+
+    @property
+    def persistence_dir(self) -> Path:
+        return self.directory / "data"
+
+    @property
+    def log_file(self) -> Path:
+        return self.directory / "broker.log"
+
+    @property
+    def credentials_dir(self) -> Path:
+        return self.directory / "credentials"
+
+    # -- creating and reopening --------------------------------------------------------
+
+    @classmethod
+    def create(
+        cls,
+        directory: Path,
+        pki: DevPki,
+        port: int,
+        devices: Iterable[str],
+        service_users: Sequence[str] = (SERVICE_USER,),
+        host: str = "127.0.0.1",
+    ) -> BrokerSetup:
+        """Write config, ACL and users; users that already have credentials keep them."""
+        setup = cls(directory, pki, port, service_users, host)
+        for directory_ in (setup.directory, setup.credentials_dir, setup.persistence_dir):
+            directory_.mkdir(parents=True, exist_ok=True, mode=0o700)
+        setup._write_config()
+        entries = passwords.read_password_file(setup.password_file)
+        for user in [*setup.service_users, *devices]:
+            setup._check_username(user)
+            if not setup._has_credentials(user, entries):
+                entries[user] = setup._new_password(user)
+            setup.client_cert(user)
+        passwords.write_password_file(setup.password_file, entries)
+        setup._save_manifest()
+        return setup
+
+    @classmethod
+    def load(cls, directory: Path) -> BrokerSetup:
+        """Reopen a setup made by ``create`` (for enrollment while a broker runs)."""
+        try:
+            saved = json.loads((directory / "setup.json").read_text())
+        except FileNotFoundError as exc:
+            raise ModelNotFound(f"no broker setup in {directory}") from exc
+        pki = DevPki(
+            ca=CertPaths(Path(saved["ca"][0]), Path(saved["ca"][1])),
+            server=CertPaths(Path(saved["server"][0]), Path(saved["server"][1])),
+            devices={},
+        )
+        return cls(directory, pki, int(saved["port"]), saved["service_users"], saved["host"])
+
+    # -- users -------------------------------------------------------------------------
+
+    def add_device(self, device_id: str) -> BrokerCredentials:
+        """Enroll ``device_id`` (or give it a new password); running brokers reload."""
+        self._check_username(device_id)
+        if device_id in self.service_users:
+            raise InvalidInput(f"{device_id!r} is a service user, not a device")
+        entries = passwords.read_password_file(self.password_file)
+        entries[device_id] = self._new_password(device_id)
+        self.client_cert(device_id)
+        passwords.write_password_file(self.password_file, entries)
+        for broker in self._brokers:
+            broker.reload()
+        return self.credentials(device_id)
+
+    def users(self) -> list[str]:
+        return sorted(passwords.read_password_file(self.password_file))
+
+    def credentials(self, username: str) -> BrokerCredentials:
+        """The plaintext credentials kept for the demo and tests (``ModelNotFound`` if none)."""
+        try:
+            password = self._credential_path(username).read_text().strip()
+        except FileNotFoundError as exc:
+            raise ModelNotFound(f"no broker credentials for {username!r}") from exc
+        return BrokerCredentials(username, password)
+
+    def client_cert(self, username: str) -> CertPaths:
+        """The user's TLS client certificate, issued by the dev CA on first use."""
+        self._check_username(username)
+        if username in self.pki.devices:
+            return self.pki.device(username)
+        pair = CertPaths(self._certs_dir / f"{username}.pem", self._certs_dir / f"{username}.key")
+        if not (pair.cert.exists() and pair.key.exists()):
+            issue_client_cert(self.pki.ca, self._certs_dir, username)
+        return pair
+
+    def address(self, username: str) -> BrokerAddress:
+        """How ``username`` reaches this broker: TLS with its certificate, and its password."""
+        pair = self.client_cert(username)
+        password = self.credentials(username).password
+        return BrokerAddress(
+            self.host, self.port, username, password, self.pki.ca.cert, pair.cert, pair.key
+        )
+
+    def attach(self, broker: Reloadable) -> None:
+        """Reload ``broker`` whenever users change."""
+        self._brokers.append(broker)
+
+    def detach(self, broker: Reloadable) -> None:
+        if broker in self._brokers:
+            self._brokers.remove(broker)
+
+    # -- internals ---------------------------------------------------------------------
+
+    @property
+    def _certs_dir(self) -> Path:
+        # Beside the dev PKI's own device certificates, so ensure_dev_pki finds them too.
+        return self.pki.ca.cert.parent / "devices"
+
+    def mosquitto_config(self) -> MosquittoConfig:
+        return MosquittoConfig(
+            port=self.port,
+            ca=self.pki.ca.cert.resolve(),
+            cert=self.pki.server.cert.resolve(),
+            key=self.pki.server.key.resolve(),
+            password_file=self.password_file,
+            acl_file=self.acl_file,
+            persistence_dir=self.persistence_dir,
+            log_file=self.log_file,
+            bind=self.host,
+            run_as=pwd.getpwuid(os.geteuid()).pw_name,
+        )
+
+    def _write_config(self) -> None:
+        self.acl_file.write_text(render_acl(self.service_users))
+        passwords.write_private(self.config_path, render_mosquitto_conf(self.mosquitto_config()))
+
+    def _save_manifest(self) -> None:
+        saved = {
+            "host": self.host,
+            "port": self.port,
+            "service_users": list(self.service_users),
+            "ca": [str(p.resolve()) for p in self.pki.ca],
+            "server": [str(p.resolve()) for p in self.pki.server],
+        }
+        (self.directory / "setup.json").write_text(json.dumps(saved, indent=2) + "\n")
+
+    def _new_password(self, username: str) -> str:
+        """A fresh password: its plaintext to the 0600 credentials file, its hash returned."""
+        password = passwords.generate_password()
+        passwords.write_private(self._credential_path(username), password + "\n")
+        return passwords.hash_password(password)
+
+    def _has_credentials(self, username: str, entries: dict[str, str]) -> bool:
+        try:
+            password = self.credentials(username).password
+        except ModelNotFound:
+            return False
+        return username in entries and passwords.verify_password(password, entries[username])
+
+    def _credential_path(self, username: str) -> Path:
+        self._check_username(username)
+        return self.credentials_dir / f"{username}.password"
+
+    @staticmethod
+    def _check_username(username: str) -> None:
+        # Usernames become file names and %u in ACL patterns: one safe topic level only.
+        try:
+            check_device_id(username)
+        except ValueError as exc:
+            raise InvalidInput(str(exc)) from exc
+        if not DEVICE_ID_PATTERN.fullmatch(username):  # the pattern's $ admits a final \n
+            raise InvalidInput(f"invalid username {username!r}")
