@@ -1,0 +1,98 @@
+"""Model update payloads: the bytes a device downloads to rebuild a new model version.
+
+Three encodings, named in the signed manifest's ``PayloadSpec.encoding``:
+
+- ``"zstd"``: the whole new artifact, zstd-compressed; needs no base.
+- ``"zstd-patch"``: zstd with the base artifact as prefix (``zstd --patch-from``); wins
+  when whole regions are unchanged (a last-layer fine-tune, an edited graph).
+- ``"tensor-delta"``: ONNX-aware; tensors XORed/subtracted against their namesakes in the
+  base and byte-plane grouped (see :mod:`.tensor_delta`); wins when every weight moved a
+  little (a full fine-tune, a re-quantization).
+
+:func:`build_payload` (sync service side) tries every encoding that applies, checks that
+each candidate rebuilds the new bytes exactly, and returns the smallest.
+:func:`apply_payload` (device side) rebuilds the artifact; the caller still compares the
+result's sha256 with the card, but a corrupt payload already fails here with
+:class:`~edgeserve.wire.errors.IntegrityError` and never allocates far beyond
+``expected_size``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgeserve.wire.delta import zstd_codec
+from edgeserve.wire.delta.onnx_layout import NotOnnx
+from edgeserve.wire.delta.tensor_delta import apply_tensor_delta, build_tensor_delta
+from edgeserve.wire.errors import IntegrityError
+from edgeserve.wire.manifest import PayloadEncoding
+
+__all__ = ["Payload", "apply_payload", "build_payload", "candidates"]
+
+_log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Payload:
+    encoding: PayloadEncoding
+    data: bytes
+
+    def __repr__(self) -> str:
+        return f"Payload({self.encoding!r}, {len(self.data)} bytes)"
+
+
+def candidates(new: bytes, base: bytes | None) -> list[Payload]:
+    """Every encoding of ``new`` that applies to this base, unverified, in a fixed order."""
+    found = [Payload("zstd", zstd_codec.compress(new))]
+    if not base:
+        return found
+    found.append(Payload("zstd-patch", zstd_codec.compress(new, base)))
+    try:
+        found.append(Payload("tensor-delta", build_tensor_delta(new, base)))
+    except NotOnnx as exc:
+        _log.debug("tensor-delta does not apply: %s", exc)
+    return found
+
+
+def build_payload(new: bytes, base: bytes | None) -> Payload:
+    """The smallest payload that rebuilds ``new`` (from ``base`` when it is a delta).
+
+    Each candidate is applied once before it is chosen, so a codec bug can only cost
+    size (the full zstd payload is the last resort), never ship a broken update.
+    """
+    for payload in sorted(candidates(new, base), key=lambda p: len(p.data)):
+        try:
+            if apply_payload(payload.encoding, payload.data, base, len(new)) == new:
+                return payload
+        except IntegrityError:
+            pass
+        _log.error("%s payload does not rebuild its input; not used", payload.encoding)
+    raise IntegrityError("no payload encoding rebuilds the artifact")
+
+
+_APPLIERS: dict[str, Callable[[bytes, bytes, int], bytes]] = {
+    "zstd-patch": lambda data, base, size: zstd_codec.decompress(data, base, size),
+    "tensor-delta": apply_tensor_delta,
+}
+
+
+def apply_payload(
+    encoding: PayloadEncoding, data: bytes, base: bytes | None, expected_size: int
+) -> bytes:
+    """Rebuild the artifact of ``expected_size`` bytes from a payload (and its base).
+
+    Raises IntegrityError on corrupt or truncated data, a size mismatch, or a delta
+    without a base.
+    """
+    if expected_size < 0:
+        raise IntegrityError(f"expected size {expected_size} is negative")
+    if encoding == "zstd":
+        return zstd_codec.decompress(data, None, expected_size)
+    applier = _APPLIERS.get(encoding)
+    if applier is None:
+        raise IntegrityError(f"unknown payload encoding {encoding!r}")
+    if not base:
+        raise IntegrityError(f"a {encoding} payload needs the base artifact")
+    return applier(data, base, expected_size)

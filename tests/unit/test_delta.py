@@ -1,0 +1,258 @@
+"""Model update payloads: exact rebuilds, the smallest encoding, and no trust in the bytes."""
+
+from __future__ import annotations
+
+import functools
+import tracemalloc
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+import pyzstd
+
+from edgeserve.models import packaged_artifacts
+from edgeserve.wire.delta import Payload, apply_payload, build_payload, candidates, zstd_codec
+from edgeserve.wire.delta import tensor_delta as td
+from edgeserve.wire.delta.onnx_layout import NotOnnx, tensor_ranges
+from edgeserve.wire.errors import IntegrityError
+from edgeserve.wire.manifest import PayloadEncoding
+
+ARTIFACTS = packaged_artifacts()
+CLOUD = (ARTIFACTS / "digits-cloud.onnx").read_bytes()
+EDGE_INT8 = (ARTIFACTS / "digits-edge.onnx").read_bytes()
+EDGE_FP32 = (ARTIFACTS / "digits-edge-fp32.onnx").read_bytes()
+TFLITE = (ARTIFACTS / "digits-edge-tflite.tflite").read_bytes()
+
+Edit = Callable[[str, np.ndarray], np.ndarray]
+TableEdit = Callable[[list[td.Segment]], list[td.Segment]]
+
+
+def perturbed(model: bytes, edit: Edit) -> bytes:
+    """A copy of ``model`` with each initializer's raw data replaced by ``edit(name, data)``."""
+    out = bytearray(model)
+    for t in tensor_ranges(model):
+        dtype = {1: np.float32, 3: np.int8, 6: np.int32}.get(t.data_type, np.uint8)
+        data = np.frombuffer(model, dtype=dtype, count=t.length // np.dtype(dtype).itemsize,
+                             offset=t.offset)  # fmt: skip
+        out[t.offset : t.offset + t.length] = edit(t.name, data.copy()).tobytes()
+    return bytes(out)
+
+
+def last_layer_tuned(name: str, data: np.ndarray) -> np.ndarray:
+    return data * np.float32(1.01) if name.startswith("classifier.5") else data
+
+
+def fully_tuned(name: str, data: np.ndarray) -> np.ndarray:
+    noise = np.random.default_rng(len(name)).normal(0, 1e-4, data.shape).astype(np.float32)
+    return data + noise if data.dtype == np.float32 else data
+
+
+def requantized(name: str, data: np.ndarray) -> np.ndarray:
+    if data.dtype != np.int8:
+        return data * np.float32(1.001) if data.dtype == np.float32 else data
+    step = (np.random.default_rng(3).random(data.shape) < 0.2).astype(np.int16)
+    moved: np.ndarray = np.clip(data.astype(np.int16) + step, -127, 127).astype(np.int8)
+    return moved
+
+
+PAIRS = {
+    "cnn last-layer fine-tune": (CLOUD, perturbed(CLOUD, last_layer_tuned)),
+    "cnn full fine-tune": (CLOUD, perturbed(CLOUD, fully_tuned)),
+    "int8 re-quantization": (EDGE_INT8, perturbed(EDGE_INT8, requantized)),
+    "int8 to fp32 (other graph)": (EDGE_INT8, EDGE_FP32),
+    "unchanged": (CLOUD, CLOUD),
+}
+
+
+@functools.cache
+def all_encoded(name: str) -> list[Payload]:
+    """Every candidate for one pair, built once per test session (level 19 is not free)."""
+    base, new = PAIRS[name]
+    return candidates(new, base)
+
+
+def encoded(encoding: PayloadEncoding, name: str) -> Payload:
+    return next(p for p in all_encoded(name) if p.encoding == encoding)
+
+
+def test_tensor_ranges_match_the_onnx_library() -> None:
+    onnx = pytest.importorskip("onnx")
+    for model in (CLOUD, EDGE_INT8):
+        expected = {t.name: t.raw_data for t in onnx.load_from_string(model).graph.initializer}
+        ranges = tensor_ranges(model)
+        assert {r.name for r in ranges} == {n for n, raw in expected.items() if raw}
+        for r in ranges:
+            assert model[r.offset : r.offset + r.length] == expected[r.name]
+
+
+@pytest.mark.parametrize("data", [TFLITE, b"", b"\x00" * 64, bytes(range(256)) * 8])
+def test_non_onnx_bytes_are_refused_by_the_layout_walker(data: bytes) -> None:
+    with pytest.raises(NotOnnx):
+        tensor_ranges(data)
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_every_encoding_rebuilds_the_new_model_exactly(name: str) -> None:
+    base, new = PAIRS[name]
+    found = all_encoded(name)
+    assert [p.encoding for p in found] == ["zstd", "zstd-patch", "tensor-delta"]
+    for payload in found:
+        assert apply_payload(payload.encoding, payload.data, base, len(new)) == new
+
+
+@pytest.mark.parametrize("name", list(PAIRS))
+def test_build_payload_returns_the_smallest_candidate(name: str) -> None:
+    base, new = PAIRS[name]
+    chosen = build_payload(new, base)
+    assert len(chosen.data) == min(len(p.data) for p in all_encoded(name))
+    assert apply_payload(chosen.encoding, chosen.data, base, len(new)) == new
+
+
+def test_a_last_layer_fine_tune_costs_under_five_percent_of_the_model() -> None:
+    new = PAIRS["cnn last-layer fine-tune"][1]
+    assert min(len(p.data) for p in all_encoded("cnn last-layer fine-tune")) < 0.05 * len(new)
+
+
+@pytest.mark.parametrize("name", ["cnn full fine-tune", "int8 re-quantization"])
+def test_tensor_delta_beats_a_byte_level_patch_when_every_weight_moves(name: str) -> None:
+    smallest = min(all_encoded(name), key=lambda p: len(p.data))
+    assert smallest.encoding == "tensor-delta"
+
+
+def test_without_a_base_the_payload_is_full_zstd() -> None:
+    payload = build_payload(CLOUD, None)
+    assert payload.encoding == "zstd"
+    assert apply_payload("zstd", payload.data, None, len(CLOUD)) == CLOUD
+
+
+def test_a_non_onnx_base_falls_back_to_byte_level_encodings() -> None:
+    assert [p.encoding for p in candidates(CLOUD, TFLITE)] == ["zstd", "zstd-patch"]
+    payload = build_payload(CLOUD, TFLITE)
+    assert apply_payload(payload.encoding, payload.data, TFLITE, len(CLOUD)) == CLOUD
+
+
+def test_a_non_onnx_new_artifact_falls_back_too() -> None:
+    payload = build_payload(TFLITE, CLOUD)
+    assert payload.encoding in ("zstd", "zstd-patch")
+    assert apply_payload(payload.encoding, payload.data, CLOUD, len(TFLITE)) == TFLITE
+
+
+@pytest.mark.parametrize("encoding", ["zstd", "zstd-patch", "tensor-delta"])
+def test_flipped_bytes_never_rebuild_wrong_bytes(encoding: PayloadEncoding) -> None:
+    base, new = PAIRS["int8 re-quantization"]
+    data = encoded(encoding, "int8 re-quantization").data
+    for position in range(0, len(data), max(1, len(data) // 150)):
+        corrupt = bytearray(data)
+        corrupt[position] ^= 0x5A
+        try:
+            rebuilt = apply_payload(encoding, bytes(corrupt), base, len(new))
+        except IntegrityError:
+            continue
+        assert rebuilt == new, f"byte {position} flipped gave wrong output without an error"
+
+
+@pytest.mark.parametrize("encoding", ["zstd", "zstd-patch", "tensor-delta"])
+@pytest.mark.parametrize("keep", [0, 1, 10, 0.5, -1])
+def test_truncated_payloads_raise_integrity_error(encoding: PayloadEncoding, keep: float) -> None:
+    base, new = PAIRS["cnn full fine-tune"]
+    data = encoded(encoding, "cnn full fine-tune").data
+    cut = int(len(data) * keep) if isinstance(keep, float) else keep % len(data)
+    with pytest.raises(IntegrityError):
+        apply_payload(encoding, data[:cut], base, len(new))
+
+
+@pytest.mark.parametrize("encoding", ["zstd", "zstd-patch", "tensor-delta"])
+@pytest.mark.parametrize("delta", [-1, 1])
+def test_a_size_other_than_expected_raises_integrity_error(
+    encoding: PayloadEncoding, delta: int
+) -> None:
+    base, new = PAIRS["cnn last-layer fine-tune"]
+    data = encoded(encoding, "cnn last-layer fine-tune").data
+    with pytest.raises(IntegrityError):
+        apply_payload(encoding, data, base, len(new) + delta)
+
+
+@pytest.mark.parametrize("encoding", ["zstd-patch", "tensor-delta"])
+def test_a_delta_applied_to_the_wrong_base_raises_integrity_error(
+    encoding: PayloadEncoding,
+) -> None:
+    base, new = PAIRS["cnn full fine-tune"]
+    data = encoded(encoding, "cnn full fine-tune").data
+    other_base = perturbed(base, last_layer_tuned)  # same length, differs in tensor data
+    with pytest.raises(IntegrityError):
+        apply_payload(encoding, data, other_base, len(new))
+    with pytest.raises(IntegrityError):
+        apply_payload(encoding, data, None, len(new))
+
+
+def test_trailing_bytes_after_the_frame_raise_integrity_error() -> None:
+    frame = zstd_codec.compress(CLOUD)
+    with pytest.raises(IntegrityError):
+        apply_payload("zstd", frame + b"\x00", None, len(CLOUD))
+
+
+def test_unknown_encoding_raises_integrity_error() -> None:
+    with pytest.raises(IntegrityError):
+        apply_payload("bsdiff", b"", CLOUD, 10)  # type: ignore[arg-type]
+
+
+def test_decoding_an_oversize_frame_stops_at_the_expected_size() -> None:
+    bomb = zstd_codec.compress(bytes(64 << 20))  # 64 MiB of zeros in a few KB
+    tracemalloc.start()
+    try:
+        with pytest.raises(IntegrityError):
+            zstd_codec.decompress(bomb, None, 1000)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20
+
+
+def test_a_frame_asking_for_a_huge_window_is_refused() -> None:
+    compressor = pyzstd.ZstdCompressor({pyzstd.CParameter.windowLog: 30})
+    # Fed in a separate call, the size is not known up front, so the 1 GiB window stays.
+    frame = compressor.compress(bytes(4096)) + compressor.flush()
+    with pytest.raises(IntegrityError):
+        zstd_codec.decompress(frame, None, 4096)
+
+
+def _with_table(payload: bytes, edit: TableEdit) -> bytes:
+    """Re-pack a tensor-delta payload with an edited (but validly compressed) table."""
+    head = list(td._HEAD.unpack_from(payload))
+    n_base, n_seg, table_len = head[5], head[6], head[7]
+    table = zstd_codec.decompress(
+        payload[td._HEAD.size : td._HEAD.size + table_len], None,
+        n_base * td._BASE_RANGE.size + n_seg * td._SEGMENT.size,
+    )  # fmt: skip
+    split = n_base * td._BASE_RANGE.size
+    segments = edit([td.Segment(*row) for row in td._SEGMENT.iter_unpack(table[split:])])
+    rows = b"".join(
+        td._SEGMENT.pack(s.offset, s.length, s.kind, s.width, s.base_offset) for s in segments
+    )
+    new_table = zstd_codec.compress(table[:split] + rows)
+    head[6], head[7] = len(segments), len(new_table)
+    rest = payload[td._HEAD.size + table_len :]
+    return td._HEAD.pack(*head) + new_table + rest
+
+
+def _moved(segments: list[td.Segment], index: int, **change: int) -> list[td.Segment]:
+    fields = {f: getattr(segments[index], f) for f in td.Segment.__slots__}
+    return [*segments[:index], td.Segment(**{**fields, **change}), *segments[index + 1 :]]
+
+
+BAD_TABLES: dict[str, TableEdit] = {
+    "overlapping tensors": lambda s: _moved(s, 1, offset=s[0].offset),
+    "tensor past the end": lambda s: _moved(s, -1, offset=len(CLOUD)),
+    "base read past the end": lambda s: _moved(s, -1, kind=td.XOR, base_offset=len(CLOUD)),
+    "unknown kind": lambda s: _moved(s, 0, kind=9),
+    "bad width": lambda s: _moved(s, 0, width=3),
+    "a tensor dropped": lambda s: s[:-1],
+}
+
+
+@pytest.mark.parametrize("edit", list(BAD_TABLES.values()), ids=list(BAD_TABLES))
+def test_inconsistent_tensor_tables_raise_integrity_error(edit: TableEdit) -> None:
+    base, new = PAIRS["cnn full fine-tune"]
+    payload = _with_table(encoded("tensor-delta", "cnn full fine-tune").data, edit)
+    with pytest.raises(IntegrityError):
+        apply_payload("tensor-delta", payload, base, len(new))
