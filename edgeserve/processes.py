@@ -157,6 +157,15 @@ def gateway_process(
     return service_process("gateway", workdir, name, defaults | settings)
 
 
+def sync_process(workdir: Path, name: str = "sync", **settings: str) -> ServiceProcess:
+    """The fleet sync service with its admin API on a free loopback port (``.ports["admin"]``).
+
+    ``settings`` are sync config keys (``broker_port``, ``broker_password_file``...).
+    """
+    defaults = {"admin_port": "0", "state_dir": str(workdir / f"{name}-state")}
+    return service_process("sync", workdir, name, defaults | settings)
+
+
 def free_port() -> int:
     """A loopback port that is free now, for a service that must keep its port on restart."""
     with socket.socket() as sock:

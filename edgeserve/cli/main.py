@@ -1,4 +1,4 @@
-"""Entry point: ``edgeserve demo | agent | models | bench``."""
+"""Entry point: ``edgeserve demo | agent | gateway | sync | fleet | models | bench | eval``."""
 
 from __future__ import annotations
 
@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
+from edgeserve.cli.fleet import fleet_app
 from edgeserve.cli.gateway import gateway_app
+from edgeserve.cli.sync_cmd import sync_app
 
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 agent_app = typer.Typer(no_args_is_help=True, help="The edge agent (device daemon).")
@@ -17,6 +19,8 @@ app.add_typer(agent_app, name="agent")
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
 app.add_typer(gateway_app, name="gateway")
+app.add_typer(sync_app, name="sync")
+app.add_typer(fleet_app, name="fleet")
 eval_app = typer.Typer(no_args_is_help=True, help="Evaluations on the real system.")
 app.add_typer(eval_app, name="eval")
 

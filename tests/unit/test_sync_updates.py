@@ -1,0 +1,126 @@
+"""Per-device signed manifests: delta against what the device runs, hashed chunks, signature."""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from edgeserve.edge_agent.runtimes import RuntimeOptions, open_session
+from edgeserve.security.signing import ensure_operator_key
+from edgeserve.sync.golden import golden_inputs
+from edgeserve.wire.delta import apply_payload
+from edgeserve.wire.errors import ModelNotFound, SignatureError
+from edgeserve.wire.manifest import UpdateManifest, verify_signed_manifest
+from tests.unit.sync_setup import MODEL, Fleet, build_fleet
+
+
+@pytest.fixture
+def fleet(tmp_path: Path) -> Fleet:
+    return build_fleet(tmp_path)
+
+
+def _manifest(fleet: Fleet, device_id: str) -> UpdateManifest:
+    state = fleet.registry.desired(device_id)
+    assert state is not None
+    return verify_signed_manifest(state.models[MODEL], fleet.key.public)
+
+
+def test_device_running_v1_gets_a_delta_smaller_than_the_full_payload(fleet: Fleet) -> None:
+    fleet.report("fresh")
+    fleet.report("on-v1", running="1")
+    full = fleet.issuer.issue("fresh", MODEL, "2").spec
+    delta = fleet.issuer.issue("on-v1", MODEL, "2").spec
+    assert full.encoding == "zstd" and full.base_version is None
+    assert delta.encoding in ("zstd-patch", "tensor-delta")
+    assert (delta.base_version, delta.base_sha256) == ("1", fleet.cards["1"].sha256)
+    assert delta.size < full.size
+
+
+def test_manifest_verifies_with_the_operator_public_key(fleet: Fleet) -> None:
+    fleet.report("on-v1", running="1")
+    fleet.issuer.issue("on-v1", MODEL, "2")
+    manifest = _manifest(fleet, "on-v1")
+    assert (manifest.model, manifest.version, manifest.rollback) == (MODEL, "2", False)
+    assert manifest.card.sha256 == fleet.cards["2"].sha256
+    assert manifest.expires_at > manifest.issued_at
+
+
+def test_manifest_does_not_verify_with_another_key(fleet: Fleet, tmp_path: Path) -> None:
+    fleet.report("on-v1", running="1")
+    state = fleet.issuer.issue("on-v1", MODEL, "2").state
+    stranger = ensure_operator_key(tmp_path / "stranger")
+    with pytest.raises(SignatureError):
+        verify_signed_manifest(state.models[MODEL], stranger.public)
+
+
+def test_chunks_hash_match_and_reassemble_to_the_payload(fleet: Fleet) -> None:
+    fleet.report("on-v1", running="1")
+    spec = fleet.issuer.issue("on-v1", MODEL, "2").spec
+    chunks = [
+        fleet.store.read_chunk(spec.sha256, index, spec.chunk_size)
+        for index in range(len(spec.chunks))
+    ]
+    assert [hashlib.sha256(chunk).hexdigest() for chunk in chunks] == spec.chunks
+    payload = b"".join(chunks)
+    assert hashlib.sha256(payload).hexdigest() == spec.sha256 and len(payload) == spec.size
+    rebuilt = apply_payload(spec.encoding, payload, fleet.artifacts["1"], len(fleet.artifacts["2"]))
+    assert rebuilt == fleet.artifacts["2"]
+
+
+def test_issue_is_recorded_and_bumps_the_desired_revision(fleet: Fleet) -> None:
+    fleet.report("on-v1", running="1")
+    first = fleet.issuer.issue("on-v1", MODEL, "2")
+    second = fleet.issuer.issue("on-v1", MODEL, "1", rollback=True)
+    assert second.state.revision == first.state.revision + 1
+    issue = fleet.registry.issue("on-v1", first.spec.update_id)
+    assert issue is not None
+    assert (issue.version, issue.chunk_count) == ("2", len(first.spec.chunks))
+    assert _manifest(fleet, "on-v1").rollback is True
+
+
+def test_devices_on_the_same_base_share_one_payload(fleet: Fleet) -> None:
+    for device in ("a", "b"):
+        fleet.report(device, running="1")
+    specs = [fleet.issuer.issue(device, MODEL, "2").spec for device in ("a", "b")]
+    assert specs[0].sha256 == specs[1].sha256
+    payloads = [p for p in (fleet.store.root / "payloads").rglob("*") if p.is_file()]
+    assert len(payloads) == 1
+
+
+def test_unknown_version_is_not_issued(fleet: Fleet) -> None:
+    fleet.report("on-v1", running="1")
+    with pytest.raises(ModelNotFound):
+        fleet.issuer.issue("on-v1", MODEL, "9")
+
+
+def test_golden_self_test_passes_on_the_model_it_came_from(fleet: Fleet) -> None:
+    fleet.report("on-v1", running="1")
+    fleet.issuer.issue("on-v1", MODEL, "2")
+    manifest = _manifest(fleet, "on-v1")
+    card = fleet.cards["2"]
+    assert [t.shape for t in manifest.self_test.inputs] == [[2, 64]]
+    inputs = golden_inputs(card)
+    session = open_session(card.format, fleet.store.artifact_path(card.sha256), RuntimeOptions())
+    outputs = session.run(inputs, [spec.name for spec in card.outputs])
+    for expected in manifest.self_test.expected:
+        actual = outputs[expected.name]
+        assert list(actual.shape) == expected.shape
+        np.testing.assert_allclose(
+            actual.reshape(-1),
+            np.array(expected.data),
+            atol=manifest.self_test.atol,
+            rtol=manifest.self_test.rtol,
+        )
+
+
+def test_manifests_near_expiry_are_signed_again_with_a_new_revision(fleet: Fleet) -> None:
+    fleet.report("on-v1", running="1")
+    first = fleet.issuer.issue("on-v1", MODEL, "2", rollback=True)
+    assert fleet.issuer.refresh_expiring(margin_s=60) == []
+    refreshed = fleet.issuer.refresh_expiring(margin_s=2 * fleet.issuer.manifest_ttl_s)
+    assert [r.state.revision for r in refreshed] == [first.state.revision + 1]
+    manifest = _manifest(fleet, "on-v1")
+    assert (manifest.version, manifest.rollback) == ("2", True)
