@@ -7,7 +7,7 @@ import socket
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from edgeserve.settings import ServiceSettings
@@ -58,5 +58,49 @@ class AgentConfig(ServiceSettings):
     max_escalations: int = Field(16, ge=1, description="escalations in flight at once")
     breaker_failures: int = Field(3, ge=1, description="consecutive failures that open it")
     breaker_reset_s: float = Field(2.0, gt=0, description="open time before a probe")
+    # -- fleet sync (MQTT) ----------------------------------------------------------------
+    sync_broker: str | None = Field(None, description="MQTT broker host:port; None = no sync")
+    sync_username: str | None = Field(None, description="broker user (default: device_id)")
+    sync_password: str | None = Field(None, description="broker password")
+    sync_password_file: Path | None = Field(None, description="file holding the password")
+    sync_ca: Path | None = Field(None, description="CA that signed the broker's certificate")
+    sync_cert: Path | None = Field(None, description="client certificate for the broker")
+    sync_key: Path | None = Field(None, description="client private key for the broker")
+    operator_public_key: Path | None = Field(
+        None, description="Ed25519 key updates must be signed with (required with sync)"
+    )
+    group: str = Field("default", description="fleet group reported to the sync service")
+    labels: dict[str, str] = Field(default_factory=dict, description="reported labels")
+    telemetry: bool = Field(True, description="record and upload per-request telemetry")
+    telemetry_interval_s: float = Field(2.0, gt=0, description="upload tick")
+    telemetry_batch_records: int = Field(500, ge=1, le=500, description="records per batch")
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+
+    @model_validator(mode="after")
+    def _sync_needs_a_trust_anchor(self) -> AgentConfig:
+        if self.sync_broker is None:
+            return self
+        if self.operator_public_key is None:
+            raise ValueError(
+                "sync_broker is set but operator_public_key is not: an agent that syncs "
+                "must pin the operator's update-signing key (operator.pub)"
+            )
+        host, _, port = self.sync_broker.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError(f"sync_broker {self.sync_broker!r} is not host:port")
+        return self
+
+    @property
+    def sync_address(self) -> tuple[str, int] | None:
+        """The broker's (host, port), or None when sync is off."""
+        if self.sync_broker is None:
+            return None
+        host, _, port = self.sync_broker.rpartition(":")
+        return host, int(port)
+
+    def sync_secret(self) -> str | None:
+        """The broker password, from the file if one is configured (read at start, once)."""
+        if self.sync_password_file is not None:
+            return self.sync_password_file.read_text().strip()
+        return self.sync_password

@@ -54,6 +54,8 @@ class AgentMetrics:
             registry=self.registry,
         )
 
+        self.sync = SyncMetrics(self.registry)
+
         # Bound once: a labels() lookup per request costs as much as a small model run.
         self.cache_hit = self.cache.labels("hit")
         self.cache_miss = self.cache.labels("miss")
@@ -90,4 +92,68 @@ class _EscalationCollector(Collector):
         yield GaugeMetricFamily(
             "edgeserve_agent_escalations_in_flight", "Escalations waiting for the cloud",
             value=stats.in_flight,
+        )
+
+
+class SyncMetrics:
+    """The sync client's and telemetry uploader's metrics (``edgeserve_agent_sync_*``,
+    ``edgeserve_agent_telemetry_*``); a registry of its own in unit tests."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+        self.messages = Counter(
+            "edgeserve_agent_sync_messages",
+            "MQTT messages received by topic kind",
+            ["kind"],
+            registry=registry,
+        )
+        self.rejected = Counter(
+            "edgeserve_agent_sync_rejected",
+            "MQTT messages ignored, by reason",
+            ["reason"],
+            registry=registry,
+        )
+        self.updates = Counter(
+            "edgeserve_agent_sync_updates",
+            "Model updates by result (installed, failed, refused)",
+            ["result"],
+            registry=registry,
+        )
+        self.connected = Gauge(
+            "edgeserve_agent_sync_broker_connected",
+            "1 while connected to the MQTT broker",
+            registry=registry,
+        )
+        self.batches = Counter(
+            "edgeserve_agent_telemetry_batches",
+            "Telemetry batches by event (sent, resent, acked)",
+            ["event"],
+            registry=registry,
+        )
+        self.records_dropped = Counter(
+            "edgeserve_agent_telemetry_recorder_dropped",
+            "Records dropped in memory because the outbox could not keep up",
+            registry=registry,
+        )
+
+    def watch_outbox(self, pending: Callable[[], int], dropped: Callable[[], int]) -> None:
+        """Export the outbox's backlog and all-time drops at each scrape."""
+        self.registry.register(_OutboxCollector(pending, dropped))
+
+
+class _OutboxCollector(Collector):
+    def __init__(self, pending: Callable[[], int], dropped: Callable[[], int]) -> None:
+        self._pending = pending
+        self._dropped = dropped
+
+    def collect(self) -> Iterator[Metric]:
+        yield GaugeMetricFamily(
+            "edgeserve_agent_telemetry_outbox_pending",
+            "Records in the outbox waiting for an acknowledgement",
+            value=self._pending(),
+        )
+        yield CounterMetricFamily(
+            "edgeserve_agent_telemetry_outbox_dropped",
+            "Records the outbox dropped under its disk budget, all time",
+            value=self._dropped(),
         )

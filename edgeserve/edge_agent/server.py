@@ -1,7 +1,8 @@
 """The agent daemon: load models, bind sockets, serve until SIGTERM, shut down in stages.
 
 uvicorn installs the signal handlers (first SIGTERM/SIGINT drains, a second forces);
-after it returns we stop the inference threads and release the model sessions.
+after it returns we say goodbye to the fleet broker (if sync is on), flush buffered
+telemetry to the outbox, stop the inference threads and release the model sessions.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from edgeserve.edge_agent.escalation import CircuitBreaker, EscalationClient, Tl
 from edgeserve.edge_agent.executor import BoundedExecutor
 from edgeserve.edge_agent.outbox import Outbox
 from edgeserve.edge_agent.router import Router
+from edgeserve.edge_agent.runtimes import RuntimeOptions
+from edgeserve.edge_agent.sync import (
+    SyncClient,
+    SyncContext,
+    TelemetryRecorder,
+    TelemetryUploader,
+    broker_address,
+)
 from edgeserve.logs import configure_logging
+from edgeserve.security.signing import load_public_key
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +76,12 @@ def bind_sockets(config: AgentConfig) -> list[socket.socket]:
     return sockets
 
 
-def build_router(config: AgentConfig, core: AgentCore, executor: BoundedExecutor) -> Router:
+def build_router(
+    config: AgentConfig,
+    core: AgentCore,
+    executor: BoundedExecutor,
+    recorder: TelemetryRecorder | None = None,
+) -> Router:
     """The router with its escalation client; must run inside the event loop (grpc.aio)."""
     escalation = None
     if config.cloud_target is not None and config.routing_mode == "escalate":
@@ -81,15 +96,76 @@ def build_router(config: AgentConfig, core: AgentCore, executor: BoundedExecutor
         breaker = CircuitBreaker(config.breaker_failures, config.breaker_reset_s)
         escalation = EscalationClient(transport, breaker, config.max_escalations)
         core.metrics.watch_escalations(escalation.stats)
-    outbox = Outbox(config.state_dir / "outbox.db", config.outbox_max_bytes)
+    # Per-request records only pile up when something uploads them.
+    record_requests = config.telemetry and config.sync_broker is not None
     return Router(
-        core, executor, escalation, outbox, config.routing_mode, config.latency_budget_ms / 1e3
+        core,
+        executor,
+        escalation,
+        recorder,
+        config.routing_mode,
+        config.latency_budget_ms / 1e3,
+        record_requests=record_requests,
     )
+
+
+def build_sync(
+    config: AgentConfig, core: AgentCore, router: Router, outbox: Outbox
+) -> SyncClient | None:
+    """The fleet sync client and its updater, or None when no broker is configured."""
+    if config.sync_broker is None:
+        return None
+    from edgeserve.edge_agent.updates import Updater
+
+    assert config.operator_public_key is not None  # AgentConfig refuses sync without it
+    public_key = load_public_key(config.operator_public_key)
+
+    def activate(name: str) -> None:
+        core.load(name)  # hot swap: the next request is served by the new version
+
+    updater = Updater(
+        core.store,
+        config.state_dir,
+        public_key,
+        activate=activate,
+        device_id=config.device_id,
+        runtime_options=RuntimeOptions(threads=config.runtime_threads),
+    )
+    metrics = core.metrics.sync
+    context = SyncContext(
+        device_id=config.device_id,
+        core=core,
+        router=router,
+        updater=updater,
+        public_key=public_key,
+        metrics=metrics,
+        outbox=outbox,
+        group=config.group,
+        labels=dict(config.labels),
+    )
+    uploader = None
+    if config.telemetry:
+        uploader = TelemetryUploader(
+            outbox,
+            config.device_id,
+            publish=lambda topic, payload: None,  # replaced by the client's link
+            metrics=metrics,
+            interval_s=config.telemetry_interval_s,
+            max_records=config.telemetry_batch_records,
+        )
+    return SyncClient(broker_address(config), context, uploader)
 
 
 async def _serve(config: AgentConfig, core: AgentCore, sockets: list[socket.socket]) -> None:
     executor = BoundedExecutor(config.inference_workers, config.max_pending)
-    router = build_router(config, core, executor)
+    outbox = Outbox(config.state_dir / "outbox.db", config.outbox_max_bytes)
+    core.metrics.sync.watch_outbox(outbox.count, outbox.dropped_total)
+    recorder = TelemetryRecorder(outbox, core.metrics.sync)
+    recorder.start()
+    router = build_router(config, core, executor, recorder)
+    sync = build_sync(config, core, router, outbox)
+    if sync is not None:
+        sync.start()
     server_config = uvicorn.Config(
         create_app(core, router),
         log_config=None,
@@ -101,8 +177,12 @@ async def _serve(config: AgentConfig, core: AgentCore, sockets: list[socket.sock
     try:
         await server.serve(sockets=sockets)
     finally:
+        if sync is not None:
+            await sync.stop()  # publishes online=false, so no last will fires
         await router.close()
+        await recorder.close()  # the last records reach the disk before it closes
         executor.shutdown()
+        outbox.close()
 
 
 def run_agent(config: AgentConfig) -> None:
