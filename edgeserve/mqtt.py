@@ -17,6 +17,7 @@ import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -39,6 +40,8 @@ class BrokerAddress:
     cert: Path | None = None
     key: Path | None = None
     keepalive_s: int = 15
+    # 5 = MQTT 5 (Mosquitto); 4 = 3.1.1, for brokers without MQTT 5 (the embedded one).
+    protocol: Literal[4, 5] = 5
 
     @property
     def tls(self) -> bool:
@@ -88,9 +91,17 @@ class MqttLink:
         self._client = self._build_client()
 
     def _build_client(self) -> paho.Client:
-        client = paho.Client(
-            CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
-        )
+        if self.address.protocol == 5:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2, client_id=self.client_id, protocol=paho.MQTTv5
+            )
+        else:
+            client = paho.Client(
+                CallbackAPIVersion.VERSION2,
+                client_id=self.client_id,
+                protocol=paho.MQTTv311,
+                clean_session=False,
+            )
         if self.address.username is not None:
             client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
@@ -115,15 +126,20 @@ class MqttLink:
     def start(self) -> None:
         """Begin connecting in the background; returns at once."""
         self._loop = asyncio.get_running_loop()
-        properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
-        properties.SessionExpiryInterval = self.session_expiry_s
-        self._client.connect_async(
-            self.address.host,
-            self.address.port,
-            self.address.keepalive_s,
-            clean_start=False,
-            properties=properties,
-        )
+        if self.address.protocol == 5:
+            properties = Properties(PacketTypes.CONNECT)  # type: ignore[no-untyped-call]
+            properties.SessionExpiryInterval = self.session_expiry_s
+            self._client.connect_async(
+                self.address.host,
+                self.address.port,
+                self.address.keepalive_s,
+                clean_start=False,
+                properties=properties,
+            )
+        else:
+            self._client.connect_async(
+                self.address.host, self.address.port, self.address.keepalive_s
+            )
         self._client.loop_start()
 
     async def wait_connected(self, timeout: float) -> None:
@@ -138,6 +154,7 @@ class MqttLink:
             await asyncio.to_thread(info.wait_for_publish, 2.0)
         self._client.disconnect()
         await asyncio.to_thread(self._client.loop_stop)
+        _close_wakeup_pair(self._client)
 
     # -- publishing (any thread) -----------------------------------------------------------
 
@@ -200,3 +217,13 @@ class MqttLink:
         loop = self._loop
         if loop is not None and not loop.is_closed():
             loop.call_soon_threadsafe(callback, *args)
+
+
+def _close_wakeup_pair(client: paho.Client) -> None:
+    """Close the socket pair paho keeps to wake its loop; it leaves that to the garbage
+    collector, which surfaces as a ResourceWarning."""
+    for name in ("_sockpairR", "_sockpairW"):
+        sock = getattr(client, name, None)
+        if sock is not None:
+            sock.close()
+            setattr(client, name, None)

@@ -1,0 +1,111 @@
+"""A new version of the edge model the way teams make one: fine-tune its last layer.
+
+The fleet demo and the sync tests need a real "version 2" of ``digits-edge`` to roll out:
+the committed fp32 weights are loaded back into the torch MLP, only the output layer is
+trained further on the training and calibration digits, and the result is exported and
+quantized exactly like version 1. The card keeps version 1's temperature and router
+policy (the hidden layers, hence the confidence profile, are unchanged) and records how
+it was made. Deterministic: the same inputs give the same bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import numpy_helper
+from torch import nn
+
+from edgeserve.models import nets, packaged_artifacts
+from edgeserve.models.data import load_split, make_split
+from edgeserve.models.evaluate import onnx_accuracy
+from edgeserve.models.export import export_classifier
+from edgeserve.models.quantize import QuantizeConfig, quantize_int8
+from edgeserve.models.train import deterministic_torch
+from edgeserve.wire.model_card import ModelCard, ModelMetrics, card_path_for, file_sha256
+
+BASE_FP32 = "digits-edge-fp32"
+BASE_INT8 = "digits-edge"
+
+
+@dataclass(frozen=True, slots=True)
+class FineTuneConfig:
+    epochs: int = 30
+    learning_rate: float = 5e-4
+    batch_size: int = 64
+    seed: int = 1
+
+
+def load_edge_mlp(onnx_path: Path) -> nets.EdgeMLP:
+    """The torch MLP with the weights of an exported edge model."""
+    graph = onnx.load(onnx_path).graph
+    weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
+    model = nets.EdgeMLP()
+    model.load_state_dict(weights)
+    return model
+
+
+def fine_tune_last_layer(model: nn.Module, config: FineTuneConfig) -> nn.Module:
+    split = make_split(0)
+    x = np.concatenate([split.x_train, split.x_calibration]).astype(np.float32)
+    y = np.concatenate([split.y_train, split.y_calibration]).astype(np.int64)
+    features, labels = torch.from_numpy(x), torch.from_numpy(y)
+    head = model.get_submodule("fc3")
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in head.parameters():
+        parameter.requires_grad_(True)
+    with deterministic_torch(config.seed):
+        order = torch.Generator().manual_seed(config.seed)
+        optimizer = torch.optim.Adam(head.parameters(), lr=config.learning_rate)
+        loss_fn = nn.CrossEntropyLoss()
+        model.train()
+        for _ in range(config.epochs):
+            permutation = torch.randperm(len(labels), generator=order)
+            for start in range(0, len(labels), config.batch_size):
+                batch = permutation[start : start + config.batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss_fn(model(features[batch]), labels[batch]).backward()
+                optimizer.step()
+    return model.eval()
+
+
+def build_edge_version(
+    out_dir: Path, version: str = "2", config: FineTuneConfig | None = None
+) -> tuple[Path, ModelCard]:
+    """Write ``digits-edge`` ``version`` (int8 ONNX + card) into ``out_dir``."""
+    config = config or FineTuneConfig()
+    source = packaged_artifacts()
+    base_card = ModelCard.load(source / f"{BASE_INT8}.card.json")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model = fine_tune_last_layer(load_edge_mlp(source / f"{BASE_FP32}.onnx"), config)
+    fp32 = export_classifier(model, out_dir / f"{BASE_INT8}-v{version}.fp32.onnx")
+    x_calibration, _ = load_split(source, "calibration")
+    int8 = quantize_int8(
+        fp32, out_dir / f"{BASE_INT8}-v{version}.onnx", x_calibration, QuantizeConfig()
+    )
+    x_test, y_test = load_split(source, "test")
+    card = base_card.model_copy(
+        update={
+            "version": version,
+            "file": int8.name,
+            "sha256": file_sha256(int8),
+            "size_bytes": int8.stat().st_size,
+            "metrics": ModelMetrics(
+                test_accuracy=round(onnx_accuracy(int8, x_test, y_test), 6),
+                test_samples=len(y_test),
+            ),
+            "source": {
+                "derived_from": f"{BASE_INT8}:{base_card.version}",
+                "fine_tune": "output layer only, train + calibration digits",
+                "epochs": config.epochs,
+                "learning_rate": config.learning_rate,
+                "seed": config.seed,
+            },
+        }
+    )
+    card.save(card_path_for(int8))
+    return int8, card
