@@ -66,7 +66,7 @@ class AgentConfig(ServiceSettings):
     sync_ca: Path | None = Field(None, description="CA that signed the broker's certificate")
     sync_cert: Path | None = Field(None, description="client certificate for the broker")
     sync_key: Path | None = Field(None, description="client private key for the broker")
-    sync_mqtt_version: Literal[4, 5] = Field(5, description="5 = MQTT 5; 4 = MQTT 3.1.1")
+    sync_mqtt_version: int = Field(5, ge=4, le=5, description="5 = MQTT 5; 4 = MQTT 3.1.1")
     operator_public_key: Path | None = Field(
         None, description="Ed25519 key updates must be signed with (required with sync)"
     )

@@ -17,15 +17,17 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgeserve.broker import BrokerSetup, EmbeddedBroker, MosquittoProcess, start_broker
+from edgeserve.models import packaged_artifacts
 from edgeserve.processes import ServiceProcess, agent_process, free_port, sync_process
 from edgeserve.security.pki import ensure_dev_pki
 from edgeserve.security.signing import PUBLIC_NAME, ensure_operator_key
 from edgeserve.sync.admin_client import AdminClient
 from edgeserve.wire.errors import DeadlineExceeded
-from edgeserve.wire.model_card import ModelCard
+from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard
 
 SYNC_USER = "edgeserve-sync"
 FINAL_ROLLOUT_STATES = frozenset({"completed", "halted", "rolled_back", "superseded"})
+BASELINE_MODELS = ("digits-edge",)
 BrokerKind = Literal["auto", "mosquitto", "embedded"]
 
 
@@ -84,6 +86,15 @@ class FleetStack:
         process.start()
         return process
 
+    def register_packaged(self, models: Iterable[str]) -> None:
+        """Register the packaged versions the agents start with, so updates can be deltas
+        against them (the sync service builds a delta only from a base it holds)."""
+        source = packaged_artifacts()
+        with self.admin() as admin:
+            for model in models:
+                card = ModelCard.load(source / f"{model}{CARD_SUFFIX}")
+                admin.upload(source / card.file, card)
+
     def push(
         self,
         artifact: Path,
@@ -140,6 +151,7 @@ def start_fleet(
     try:
         sync = _start_sync(workdir, setup, broker.supports_mqtt5, sync_settings)
         stack = FleetStack(workdir, setup, broker, sync, agent_overrides=agent_overrides or {})
+        stack.register_packaged(BASELINE_MODELS)
         for device in devices:
             stack.start_agent(device)
         return stack

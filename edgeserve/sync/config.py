@@ -42,7 +42,7 @@ class SyncConfig(ServiceSettings):
     broker_ca: Path | None = Field(None, description="CA of the broker; None = plain TCP")
     broker_cert: Path | None = None
     broker_key: Path | None = None
-    broker_mqtt_version: Literal[4, 5] = Field(5, description="5 = MQTT 5; 4 = MQTT 3.1.1")
+    broker_mqtt_version: int = Field(5, ge=4, le=5, description="5 = MQTT 5; 4 = MQTT 3.1.1")
     client_id: str = SERVICE_USER
     # -- admin API ------------------------------------------------------------------------
     admin_host: str = "127.0.0.1"
@@ -81,7 +81,7 @@ class SyncConfig(ServiceSettings):
             ca=self.broker_ca,
             cert=self.broker_cert,
             key=self.broker_key,
-            protocol=self.broker_mqtt_version,
+            protocol=5 if self.broker_mqtt_version == 5 else 4,
         )
 
     def _password(self) -> str | None:

@@ -45,7 +45,7 @@ def broker_address(config: AgentConfig) -> BrokerAddress:
         ca=config.sync_ca,
         cert=config.sync_cert,
         key=config.sync_key,
-        protocol=config.sync_mqtt_version,
+        protocol=5 if config.sync_mqtt_version == 5 else 4,
     )
 
 
