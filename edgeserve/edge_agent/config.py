@@ -66,6 +66,12 @@ class AgentConfig(ServiceSettings):
     sync_ca: Path | None = Field(None, description="CA that signed the broker's certificate")
     sync_cert: Path | None = Field(None, description="client certificate for the broker")
     sync_key: Path | None = Field(None, description="client private key for the broker")
+    sync_chunk_window: int = Field(
+        256, ge=1, le=4096, description="update chunks asked for at once (flow control)"
+    )
+    sync_chunk_timeout_s: float = Field(
+        10.0, gt=0, description="ask again for chunks that have not arrived by then"
+    )
     sync_mqtt_version: int = Field(5, ge=4, le=5, description="5 = MQTT 5; 4 = MQTT 3.1.1")
     operator_public_key: Path | None = Field(
         None, description="Ed25519 key updates must be signed with (required with sync)"

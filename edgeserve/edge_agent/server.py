@@ -142,6 +142,8 @@ def build_sync(
         outbox=outbox,
         group=config.group,
         labels=dict(config.labels),
+        chunk_timeout_s=config.sync_chunk_timeout_s,
+        window=config.sync_chunk_window,
     )
     uploader = None
     if config.telemetry:

@@ -79,9 +79,8 @@ class FleetStack:
     def start_agent(self, device: str, **settings: str) -> ServiceProcess:
         if device not in self.setup.users():
             self.setup.add_device(device)
-        process = agent_process(
-            self.workdir, name=device, **self.agent_settings(device), **settings
-        )
+        settings = self.agent_settings(device) | settings
+        process = agent_process(self.workdir, name=device, **settings)
         self.agents[device] = process
         process.start()
         return process
@@ -140,6 +139,7 @@ def start_fleet(
     devices: Iterable[str],
     broker_kind: BrokerKind = "auto",
     agent_overrides: dict[str, str] | None = None,
+    baseline: Iterable[str] = BASELINE_MODELS,
     **sync_settings: str,
 ) -> FleetStack:
     """Start a broker, the sync service and one agent per device, all enrolled."""
@@ -151,7 +151,7 @@ def start_fleet(
     try:
         sync = _start_sync(workdir, setup, broker.supports_mqtt5, sync_settings)
         stack = FleetStack(workdir, setup, broker, sync, agent_overrides=agent_overrides or {})
-        stack.register_packaged(BASELINE_MODELS)
+        stack.register_packaged(baseline)
         for device in devices:
             stack.start_agent(device)
         return stack
