@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from edgeserve.cli.bench import bench_app
 from edgeserve.cli.fleet import fleet_app
 from edgeserve.cli.gateway import gateway_app
 from edgeserve.cli.sync_cmd import sync_app
@@ -14,7 +15,6 @@ from edgeserve.cli.sync_cmd import sync_app
 app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
 agent_app = typer.Typer(no_args_is_help=True, help="The edge agent (device daemon).")
 models_app = typer.Typer(no_args_is_help=True, help="The reference-model pipeline.")
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.")
 app.add_typer(agent_app, name="agent")
 app.add_typer(models_app, name="models")
 app.add_typer(bench_app, name="bench")
@@ -74,20 +74,6 @@ def models_list(
     list_cards(folder)
 
 
-@bench_app.command("edge")
-def bench_edge(
-    requests: Annotated[int, typer.Option(help="timed requests per measurement")] = 5000,
-    out: Annotated[Path, typer.Option(help="folder for the report and plots")] = Path(
-        "docs/bench/edge"
-    ),
-    mobilenet: Annotated[bool, typer.Option(help="include the MobileNetV2-sized model")] = True,
-) -> None:
-    """Edge agent overhead, int8 vs fp32, ONNX Runtime vs TFLite."""
-    from edgeserve.bench.edge import run_edge_benchmark
-
-    run_edge_benchmark(requests, out, mobilenet)
-
-
 @eval_app.command("cascade")
 def eval_cascade(
     out: Annotated[Path, typer.Option(help="folder for CSV, JSON and plots")] = Path(
@@ -117,20 +103,6 @@ def models_calibrate(
     from edgeserve.models import packaged_artifacts
 
     calibrate(folder or packaged_artifacts(), model, cloud_model, score, target, value)  # type: ignore[arg-type]
-
-
-@bench_app.command("gateway")
-def bench_gateway(
-    out: Annotated[Path, typer.Option(help="folder for the report and plots")] = Path(
-        "docs/bench/gateway"
-    ),
-    duration: Annotated[float, typer.Option(help="seconds per measurement point")] = 5.0,
-    quick: bool = False,
-) -> None:
-    """Batching vs none, noisy neighbour, per-request overhead, cold load and eviction."""
-    from edgeserve.bench.gateway import run_gateway_benchmark
-
-    run_gateway_benchmark(out, duration, quick)
 
 
 def main() -> None:

@@ -1,0 +1,71 @@
+"""``edgeserve bench ...``: the benchmarks, each printing its figures and writing plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.")
+
+OutOption = Annotated[Path, typer.Option(help="folder for the report, CSV and plots")]
+
+
+@bench_app.command("edge")
+def bench_edge(
+    requests: Annotated[int, typer.Option(help="timed requests per measurement")] = 5000,
+    out: OutOption = Path("docs/bench/edge"),
+    mobilenet: Annotated[bool, typer.Option(help="include the MobileNetV2-sized model")] = True,
+) -> None:
+    """Edge agent overhead, int8 vs fp32, ONNX Runtime vs TFLite."""
+    from edgeserve.bench.edge import run_edge_benchmark
+
+    run_edge_benchmark(requests, out, mobilenet)
+
+
+@bench_app.command("gateway")
+def bench_gateway(
+    out: OutOption = Path("docs/bench/gateway"),
+    duration: Annotated[float, typer.Option(help="seconds per measurement point")] = 5.0,
+    quick: bool = False,
+) -> None:
+    """Batching vs none, noisy neighbour, per-request overhead, cold load and eviction."""
+    from edgeserve.bench.gateway import run_gateway_benchmark
+
+    run_gateway_benchmark(out, duration, quick)
+
+
+@bench_app.command("delta")
+def bench_delta(
+    out: OutOption = Path("docs/bench/delta"),
+    big: Annotated[bool, typer.Option(help="include the >= 50 MB model")] = True,
+) -> None:
+    """Model update sizes: tensor-aware delta vs zstd, zstd with the base as prefix, bsdiff4."""
+    from edgeserve.bench.delta import run_delta_bench
+
+    run_delta_bench(out, big)
+
+
+@bench_app.command("telemetry")
+def bench_telemetry(
+    devices: int = 100,
+    records: Annotated[int, typer.Option(help="records per device")] = 2000,
+    batch: Annotated[int, typer.Option(help="records per batch")] = 500,
+) -> None:
+    """Telemetry ingest (decode, dedup, store, ack) in records/s, in process."""
+    from edgeserve.bench.telemetry import run_ingest_bench
+
+    run_ingest_bench(devices, records, batch)
+
+
+@bench_app.command("fleet")
+def bench_fleet(
+    out: OutOption = Path("docs/bench/fleet"),
+    sizes: Annotated[str, typer.Option(help="fleet sizes to update, comma separated")] = "1,4,8",
+    telemetry_devices: int = 100,
+) -> None:
+    """Time to update N real agents (delta vs full) and telemetry ingest through Mosquitto."""
+    from edgeserve.bench.fleet import run_fleet_bench
+
+    run_fleet_bench(out, tuple(int(n) for n in sizes.split(",")), telemetry_devices)
