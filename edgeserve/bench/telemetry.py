@@ -59,10 +59,15 @@ def run_ingest_bench(
             registry.close()
     redelivered = len(payloads) - devices * -(-records_per_device // batch_records)
     result = IngestResult(
-        devices=devices, records=received, unique_records=devices * records_per_device,
-        batches=len(payloads), redelivered_batches=redelivered, seconds=seconds,
+        devices=devices,
+        records=received,
+        unique_records=devices * records_per_device,
+        batches=len(payloads),
+        redelivered_batches=redelivered,
+        seconds=seconds,
         cpu_seconds=cpu_seconds,
-        records_per_s=received / seconds, batches_per_s=len(payloads) / seconds,
+        records_per_s=received / seconds,
+        batches_per_s=len(payloads) / seconds,
         payload_bytes=sum(len(p) for p in payloads),
     )
     _print(result)
@@ -73,7 +78,7 @@ def _fleet_payloads(devices: int, records_per_device: int, batch_records: int) -
     """Every device's batches, interleaved round-robin, with some redelivered later."""
     rng = random.Random(7)
     per_device = [
-        _device_batches(f"device-{i:04d}", records_per_device, batch_records, rng)
+        device_batches(f"device-{i:04d}", records_per_device, batch_records, rng)
         for i in range(devices)
     ]
     ordered = [
@@ -90,7 +95,7 @@ def _fleet_payloads(devices: int, records_per_device: int, batch_records: int) -
     return payloads
 
 
-def _device_batches(
+def device_batches(
     device_id: str, records: int, batch_records: int, rng: random.Random
 ) -> list[bytes]:
     batches = []
@@ -114,11 +119,16 @@ def _entry(seq: int, rng: random.Random) -> OutboxEntry:
         return OutboxEntry(seq=seq, kind="escalation", created=created, data=data)
     escalated = roll < 0.18
     data = {
-        "model": "digits-edge", "version": "1.0" if seq % 3 else "1.1",
+        "model": "digits-edge",
+        "version": "1.0" if seq % 3 else "1.1",
         "latency_ms": rng.lognormvariate(-1.5, 0.6) + (15.0 if escalated else 0.0),
-        "rows": 1, "confidence": rng.random(), "tier": "cloud" if escalated else "edge",
-        "escalated": escalated, "cache_hit": roll > 0.9,
-        "agreement": 1.0 if escalated else None, "error": "internal" if roll > 0.998 else None,
+        "rows": 1,
+        "confidence": rng.random(),
+        "tier": "cloud" if escalated else "edge",
+        "escalated": escalated,
+        "cache_hit": roll > 0.9,
+        "agreement": 1.0 if escalated else None,
+        "error": "internal" if roll > 0.998 else None,
     }
     return OutboxEntry(seq=seq, kind="request", created=created, data=data)
 

@@ -149,7 +149,7 @@ def start_fleet(
     broker = start_broker(setup, kind=broker_kind)
     sync = None
     try:
-        sync = _start_sync(workdir, setup, broker.supports_mqtt5, sync_settings)
+        sync = start_sync(workdir, setup, broker.supports_mqtt5, sync_settings)
         stack = FleetStack(workdir, setup, broker, sync, agent_overrides=agent_overrides or {})
         stack.register_packaged(baseline)
         for device in devices:
@@ -162,7 +162,7 @@ def start_fleet(
         raise
 
 
-def _start_sync(
+def start_sync(
     workdir: Path, setup: BrokerSetup, mqtt5: bool, settings: dict[str, str]
 ) -> ServiceProcess:
     state = workdir / "sync-state"
