@@ -36,7 +36,7 @@ from rich.table import Table
 from edgeserve.bench.telemetry import GOAL_RECORDS_PER_S, device_batches, run_ingest_bench
 from edgeserve.bench.timing import machine_info
 from edgeserve.broker import BrokerSetup, start_broker
-from edgeserve.eval.fleet import SYNC_USER, FleetStack, start_sync, start_fleet
+from edgeserve.eval.fleet import SYNC_USER, FleetStack, start_fleet, start_sync
 from edgeserve.models.finetune import build_edge_version
 from edgeserve.mqtt import MqttLink
 from edgeserve.processes import ServiceProcess, free_port

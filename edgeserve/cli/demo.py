@@ -8,7 +8,10 @@ tenants, the cloud model answering concurrent clients in dynamic batches, and it
 refusals (401, 403, 404, 429 with Retry-After). Then the cascade: the calibrated router
 escalating the least confident digits, the gateway killed mid-run with every answer
 still arriving within its budget (degraded), the breaker opening and closing again
-when the gateway returns. Finally a clean SIGTERM shutdown of both.
+when the gateway returns, and a clean SIGTERM shutdown of both. Then a fleet over MQTT
+(``demo_fleet``): a broker, the sync service and four enrolled agents come online, their
+telemetry is counted centrally, a fine-tuned v2 rolls out as signed deltas stage by
+stage, and garbage, a forged manifest and a cross-device publish are refused.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from rich.table import Table
 
 from edgeserve.cli.demo_cascade import show_cascade
 from edgeserve.cli.demo_cloud import show_cloud
+from edgeserve.cli.demo_fleet import show_fleet
 from edgeserve.client import OipError, OipHttpClient
 from edgeserve.eval.stack import start_cascade
 from edgeserve.models import packaged_artifacts
@@ -71,7 +75,9 @@ def run_demo(requests: int) -> int:
         finally:
             codes = stack.stop()
         console.print(f"stopped on SIGTERM, exit codes: {codes}")
-        return 0 if not any(codes.values()) else 1
+        fleet = show_fleet(console, workdir)
+        console.print(f"fleet stopped on SIGTERM, exit codes: {fleet}")
+        return 0 if not any(codes.values()) and not any(fleet.values()) else 1
 
 
 def _local_answers(

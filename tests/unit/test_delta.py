@@ -11,9 +11,16 @@ import pytest
 import pyzstd
 
 from edgeserve.models import packaged_artifacts
-from edgeserve.wire.delta import Payload, apply_payload, build_payload, candidates, zstd_codec
+from edgeserve.wire.delta import (
+    Payload,
+    apply_payload,
+    build_payload,
+    candidates,
+    transforms,
+    zstd_codec,
+)
 from edgeserve.wire.delta import tensor_delta as td
-from edgeserve.wire.delta.onnx_layout import NotOnnx, tensor_ranges
+from edgeserve.wire.delta.onnx_layout import NotOnnx, TensorRange, tensor_ranges
 from edgeserve.wire.errors import IntegrityError
 from edgeserve.wire.manifest import PayloadEncoding
 
@@ -55,10 +62,20 @@ def requantized(name: str, data: np.ndarray) -> np.ndarray:
     return moved
 
 
+def recalibrated(name: str, data: np.ndarray) -> np.ndarray:
+    """An input scale grew by 30%: bias scales grow with it and int32 biases shrink."""
+    if data.dtype == np.float32 and name.endswith("scale"):
+        return (data.astype(np.float64) * 1.3).astype(np.float32)
+    if data.dtype == np.int32:
+        return np.rint(data / 1.3).astype(np.int32)
+    return data
+
+
 PAIRS = {
     "cnn last-layer fine-tune": (CLOUD, perturbed(CLOUD, last_layer_tuned)),
     "cnn full fine-tune": (CLOUD, perturbed(CLOUD, fully_tuned)),
     "int8 re-quantization": (EDGE_INT8, perturbed(EDGE_INT8, requantized)),
+    "int8 re-calibration": (EDGE_INT8, perturbed(EDGE_INT8, recalibrated)),
     "int8 to fp32 (other graph)": (EDGE_INT8, EDGE_FP32),
     "unchanged": (CLOUD, CLOUD),
 }
@@ -113,7 +130,9 @@ def test_a_last_layer_fine_tune_costs_under_five_percent_of_the_model() -> None:
     assert min(len(p.data) for p in all_encoded("cnn last-layer fine-tune")) < 0.05 * len(new)
 
 
-@pytest.mark.parametrize("name", ["cnn full fine-tune", "int8 re-quantization"])
+@pytest.mark.parametrize(
+    "name", ["cnn full fine-tune", "int8 re-quantization", "int8 re-calibration"]
+)
 def test_tensor_delta_beats_a_byte_level_patch_when_every_weight_moves(name: str) -> None:
     smallest = min(all_encoded(name), key=lambda p: len(p.data))
     assert smallest.encoding == "tensor-delta"
@@ -227,7 +246,8 @@ def _with_table(payload: bytes, edit: TableEdit) -> bytes:
     split = n_base * td._BASE_RANGE.size
     segments = edit([td.Segment(*row) for row in td._SEGMENT.iter_unpack(table[split:])])
     rows = b"".join(
-        td._SEGMENT.pack(s.offset, s.length, s.kind, s.width, s.base_offset) for s in segments
+        td._SEGMENT.pack(s.offset, s.length, s.kind, s.width, s.base_offset, s.ratio)
+        for s in segments
     )
     new_table = zstd_codec.compress(table[:split] + rows)
     head[6], head[7] = len(segments), len(new_table)
@@ -235,7 +255,7 @@ def _with_table(payload: bytes, edit: TableEdit) -> bytes:
     return td._HEAD.pack(*head) + new_table + rest
 
 
-def _moved(segments: list[td.Segment], index: int, **change: int) -> list[td.Segment]:
+def _moved(segments: list[td.Segment], index: int, **change: float) -> list[td.Segment]:
     fields = {f: getattr(segments[index], f) for f in td.Segment.__slots__}
     return [*segments[:index], td.Segment(**{**fields, **change}), *segments[index + 1 :]]
 
@@ -243,7 +263,9 @@ def _moved(segments: list[td.Segment], index: int, **change: int) -> list[td.Seg
 BAD_TABLES: dict[str, TableEdit] = {
     "overlapping tensors": lambda s: _moved(s, 1, offset=s[0].offset),
     "tensor past the end": lambda s: _moved(s, -1, offset=len(CLOUD)),
-    "base read past the end": lambda s: _moved(s, -1, kind=td.XOR, base_offset=len(CLOUD)),
+    "base read past the end": lambda s: _moved(s, -1, kind=transforms.XOR, base_offset=len(CLOUD)),
+    "scale without a finite ratio": lambda s: _moved(s, 0, kind=transforms.FSCALE, ratio=np.nan),
+    "float scale of bytes": lambda s: _moved(s, 0, kind=transforms.FSCALE, width=1, ratio=2.0),
     "unknown kind": lambda s: _moved(s, 0, kind=9),
     "bad width": lambda s: _moved(s, 0, width=3),
     "a tensor dropped": lambda s: s[:-1],
@@ -256,3 +278,34 @@ def test_inconsistent_tensor_tables_raise_integrity_error(edit: TableEdit) -> No
     payload = _with_table(encoded("tensor-delta", "cnn full fine-tune").data, edit)
     with pytest.raises(IntegrityError):
         apply_payload("tensor-delta", payload, base, len(new))
+
+
+KIND_CASES = [
+    (transforms.XOR, 4, np.float32),
+    (transforms.SUB, 1, np.int8),
+    (transforms.SUB, 4, np.int32),
+    (transforms.FSCALE, 4, np.float32),
+    (transforms.FSCALE, 8, np.float64),
+    (transforms.ISCALE, 1, np.int8),
+    (transforms.ISCALE, 4, np.int32),
+]
+
+
+@pytest.mark.parametrize(("kind", "width", "dtype"), KIND_CASES)
+def test_every_transform_inverts_exactly(kind: int, width: int, dtype: type) -> None:
+    rng = np.random.default_rng(kind * 10 + width)
+    raw = rng.integers(0, 256, size=4096 * width, dtype=np.uint8)
+    new, base = raw[: 2048 * width], raw[2048 * width :]
+    if np.dtype(dtype).kind == "f":  # random bits include NaN and inf: still lossless
+        base = (rng.normal(size=2048) * 100).astype(dtype).view(np.uint8)
+    coded = transforms.forward(kind, new, base, width, 0.77)
+    assert np.array_equal(transforms.inverse(kind, coded, base, width, 0.77), new)
+
+
+def test_a_rescaled_tensor_codes_to_almost_nothing() -> None:
+    base = (np.random.default_rng(0).normal(size=8192) * 1e-3).astype(np.float32)
+    new = (base.astype(np.float64) * 1.3).astype(np.float32)
+    tensor = TensorRange("bias_scale", 1, 4, 0, new.nbytes)
+    choice = transforms.choose(tensor, new.view(np.uint8), base.view(np.uint8))
+    assert choice.kind == transforms.FSCALE
+    assert np.count_nonzero(choice.data) < 0.05 * choice.data.size
