@@ -32,7 +32,6 @@ from edgeserve.client import OipHttpClient, metric_value
 from edgeserve.eval.fleet import SYNC_USER, BrokerKind, FleetStack, start_fleet
 from edgeserve.models import packaged_artifacts
 from edgeserve.models.data import load_split
-from edgeserve.models.finetune import build_edge_version
 from edgeserve.mqtt import BrokerAddress
 from edgeserve.sync.admin_client import AdminClient
 from edgeserve.wire import topics
@@ -51,6 +50,9 @@ def show_fleet(console: Console, workdir: Path, broker_kind: BrokerKind = "auto"
     console.rule("8. a fleet over MQTT: broker, sync service, four enrolled agents")
     started = time.perf_counter()
     x, y = load_split(packaged_artifacts(), "test")
+    # torch only when the demo trains v2, not whenever the CLI is imported
+    from edgeserve.models.finetune import build_edge_version
+
     artifact, card = build_edge_version(workdir / "v2")
     stack = start_fleet(workdir / "fleet", DEVICES, broker_kind=broker_kind)
     try:
