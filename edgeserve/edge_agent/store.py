@@ -28,6 +28,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeserve.edge_agent.durable import fsync_dir, write_atomic
 from edgeserve.wire.errors import IntegrityError, InvalidInput, ModelNotFound
 from edgeserve.wire.model_card import ModelCard, file_sha256
 
@@ -84,8 +85,8 @@ class ModelStore:
         else:
             _copy_synced(artifact, slot_dir / card.file)
         _write_synced(slot_dir / CARD_NAME, card.model_dump_json(indent=2).encode())
-        _fsync_dir(slot_dir)
-        _fsync_dir(slot_dir.parent)
+        fsync_dir(slot_dir)
+        fsync_dir(slot_dir.parent)
         return self._verify(card.name, target)
 
     def activate(self, name: str, slot: str, keep_previous: bool = True) -> VerifiedModel:
@@ -189,11 +190,7 @@ class ModelStore:
         return state
 
     def _write_state(self, name: str, state: dict[str, str | None]) -> None:
-        path = self.root / name / STATE_NAME
-        tmp = path.with_suffix(".tmp")
-        _write_synced(tmp, json.dumps(state).encode())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        write_atomic(self.root / name / STATE_NAME, json.dumps(state).encode())
 
 
 def check_card_names(card: ModelCard) -> None:
@@ -216,10 +213,3 @@ def _copy_synced(source: Path, target: Path) -> None:
         dst.flush()
         os.fsync(dst.fileno())
 
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

@@ -1,4 +1,4 @@
-"""Durable small-file writes: the one way the updater puts anything on disk.
+"""Durable small-file writes: how the model store and the updater put state on disk.
 
 Every file is written to a temporary name, fsynced, renamed over its target and the
 folder fsynced, so ``kill -9`` or a power cut leaves either the old file or the complete
