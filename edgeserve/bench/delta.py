@@ -232,8 +232,8 @@ def run_delta_bench(
 ) -> list[DeltaRow]:
     """Measure every case x method, print the tables, write delta.csv and delta.png.
 
-    The default bsdiff4 budget keeps the run near four minutes on two cores and leaves
-    bsdiff4 out of the two slowest 51 MB cases (reported as skipped, with the estimate);
+    The default bsdiff4 budget keeps the run under five minutes on two cores; cases it
+    cannot afford (here the 51 MB retrain) are reported as skipped with the estimate.
     ``bsdiff_budget_s=float("inf")`` measures everything (about ten minutes).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
