@@ -10,15 +10,9 @@ batchers, release the models.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
-import os
 import signal
-import socket
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
-
-import uvicorn
 
 from edgeserve.cloud_gateway.config import GatewayConfig
 from edgeserve.cloud_gateway.core import GatewayCore
@@ -30,6 +24,7 @@ from edgeserve.cloud_gateway.rest import create_rest_app
 from edgeserve.cloud_gateway.tenancy import Authenticator, TenantStore
 from edgeserve.logs import configure_logging
 from edgeserve.security.pki import ensure_dev_pki
+from edgeserve.serving import listening_socket, start_embedded, write_port_file
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 10.0
@@ -75,43 +70,12 @@ def build_core(config: GatewayConfig, executor: ThreadPoolExecutor) -> GatewayCo
     return GatewayCore(repository, authenticator, metrics)
 
 
-class _RestServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.accepting = asyncio.Event()
-
-    def install_signal_handlers(self) -> None:
-        """The gateway's own handler stops every listener, not just this one."""
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.accepting.set()
-
-
-def _tcp_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(1024)
-    return sock
-
-
 async def serve(config: GatewayConfig) -> None:
     executor = ThreadPoolExecutor(config.inference_threads, thread_name_prefix="inference")
     core = build_core(config, executor)
     for name in config.preload:
         await core.repository.load(name)
-    http_socket = _tcp_socket(config.host, config.http_port)
-    rest = _RestServer(
-        uvicorn.Config(
-            create_rest_app(core, config.max_body_bytes),
-            log_config=None,
-            access_log=False,
-            lifespan="off",
-            timeout_graceful_shutdown=int(GRACE_SECONDS),
-        )
-    )
+    http_socket = listening_socket(config.host, config.http_port)
     grpc_plain, grpc_port = create_grpc_server(core, config.host, config.grpc_port)
     servers = [grpc_plain]
     ports = {"http": http_socket.getsockname()[1], "grpc": grpc_port}
@@ -124,15 +88,11 @@ async def serve(config: GatewayConfig) -> None:
         servers.append(grpc_mtls)
     for server in servers:
         await server.start()
-    rest_task = asyncio.create_task(rest.serve(sockets=[http_socket]))
-    await asyncio.wait(
-        [rest_task, asyncio.ensure_future(rest.accepting.wait())],
-        return_when=asyncio.FIRST_COMPLETED,
+    rest, rest_task = await start_embedded(
+        create_rest_app(core, config.max_body_bytes), http_socket, GRACE_SECONDS
     )
-    if rest_task.done():
-        rest_task.result()  # uvicorn failed to start: raise its error
     core.started = True
-    _write_port_file(config.port_file, ports)
+    write_port_file(config.port_file, ports)
     log.info("gateway listening", extra=ports)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
@@ -149,14 +109,6 @@ async def serve(config: GatewayConfig) -> None:
         await core.repository.close()
         executor.shutdown(wait=True, cancel_futures=True)
         log.info("gateway stopped")
-
-
-def _write_port_file(path: Path | None, ports: dict[str, int]) -> None:
-    if path is None:
-        return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(ports))
-    os.replace(tmp, path)
 
 
 def run_gateway(config: GatewayConfig) -> None:

@@ -35,6 +35,7 @@ from edgeserve.edge_agent.sync import (
 )
 from edgeserve.logs import configure_logging
 from edgeserve.security.signing import load_public_key
+from edgeserve.serving import write_port_file
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,7 @@ class _AgentServer(uvicorn.Server):
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
-        if self._port_file is not None:
-            tmp = self._port_file.with_suffix(".tmp")
-            tmp.write_text(str(self._port))
-            os.replace(tmp, self._port_file)
+        write_port_file(self._port_file, self._port)
         log.info("agent listening", extra={"port": self._port})
 
 

@@ -13,19 +13,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import os
 import signal
-import socket
-from collections.abc import Callable, Coroutine, Iterator
-from pathlib import Path
+from collections.abc import Callable, Coroutine
 from typing import Any
-
-import uvicorn
 
 from edgeserve.logs import configure_logging
 from edgeserve.mqtt import Message, MqttLink
+from edgeserve.serving import EmbeddedServer, listening_socket, start_embedded, write_port_file
 from edgeserve.sync.admin_api import AdminState, create_admin_app, ensure_admin_token
 from edgeserve.sync.config import SyncConfig
 from edgeserve.sync.core import CoreThread, SyncCore, artifact_store
@@ -35,36 +31,6 @@ from edgeserve.wire import topics
 
 log = logging.getLogger(__name__)
 GRACE_SECONDS = 5
-
-
-class _AdminServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config) -> None:
-        super().__init__(config)
-        self.accepting = asyncio.Event()
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        """Leave SIGTERM/SIGINT to the service's handler, which stops everything in order.
-
-        uvicorn would otherwise take them over while serving and raise them again once it
-        has shut down, which our handler would read as a second, forcing signal.
-        """
-        yield
-
-    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-        await super().startup(sockets)
-        self.accepting.set()
-
-
-def _tcp_socket(host: str, port: int) -> socket.socket:
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    # Accepted sockets inherit this; without it each small JSON answer waits for the
-    # client's delayed ACK.
-    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
-    sock.listen(128)
-    return sock
 
 
 async def _consume(link: MqttLink, core: CoreThread) -> None:
@@ -144,35 +110,13 @@ class SyncService:
             await self.core.close()
             log.info("sync service stopped")
 
-    async def _start_api(self, state: AdminState) -> tuple[_AdminServer, asyncio.Task[None]]:
-        sock = _tcp_socket(self.config.admin_host, self.config.admin_port)
-        server = _AdminServer(
-            uvicorn.Config(
-                create_admin_app(state),
-                log_config=None,
-                access_log=False,
-                lifespan="off",
-                timeout_graceful_shutdown=GRACE_SECONDS,
-            )
-        )
-        task = asyncio.create_task(server.serve(sockets=[sock]))
-        accepting = asyncio.ensure_future(server.accepting.wait())
-        await asyncio.wait([task, accepting], return_when=asyncio.FIRST_COMPLETED)
-        if task.done():
-            accepting.cancel()
-            task.result()  # uvicorn failed to start: raise its error
+    async def _start_api(self, state: AdminState) -> tuple[EmbeddedServer, asyncio.Task[None]]:
+        sock = listening_socket(self.config.admin_host, self.config.admin_port, backlog=128)
+        server, task = await start_embedded(create_admin_app(state), sock, GRACE_SECONDS)
         port: int = sock.getsockname()[1]
-        _write_port_file(self.config.port_file, {"admin": port})
+        write_port_file(self.config.port_file, {"admin": port})
         log.info("sync admin API listening", extra={"port": port})
         return server, task
-
-
-def _write_port_file(path: Path | None, ports: dict[str, int]) -> None:
-    if path is None:
-        return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(ports))
-    os.replace(tmp, path)
 
 
 async def serve(config: SyncConfig) -> None:

@@ -204,3 +204,12 @@ def test_tritonclient_http_works_against_the_gateway(gateway, digits):
     result = client.infer(MODEL, [tensor], headers=headers)
     assert np.mean(result.as_numpy("logits").argmax(1) == y[:8]) >= 0.75
     client.close()
+
+
+def test_sigterm_stops_every_listener_with_exit_code_0(tmp_path):
+    from edgeserve.processes import gateway_process
+
+    process = gateway_process(tmp_path, tmp_path / "state")
+    process.start()
+    assert httpx.get(f"http://127.0.0.1:{process.ports['http']}/v2/health/live").status_code == 200
+    assert process.stop() == 0
