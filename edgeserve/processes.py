@@ -23,65 +23,42 @@ class ServiceFailed(RuntimeError):
     """A child service exited or did not become ready in time."""
 
 
-class ServiceProcess:
+class ChildProcess:
+    """A child process with its output in a log file, stopped by SIGTERM or killed."""
+
     def __init__(
-        self,
-        args: list[str],
-        port_file: Path,
-        env: dict[str, str] | None = None,
-        log_file: Path | None = None,
+        self, args: list[str], log_file: Path | None = None, env: dict[str, str] | None = None
     ) -> None:
         self.args = args
-        self.port_file = port_file
-        self.env = {**os.environ, **(env or {})}
         self.log_file = log_file
-        self.port: int | None = None
-        self.ports: dict[str, int] = {}
+        self.env = {**os.environ, **(env or {})}
         self._proc: subprocess.Popen[bytes] | None = None
         self._log: BinaryIO | None = None
 
-    @classmethod
-    def edgeserve(
-        cls,
-        *subcommand: str,
-        port_file: Path,
-        env: dict[str, str] | None = None,
-        log_file: Path | None = None,
-    ) -> ServiceProcess:
-        """A ``python -m edgeserve ... --port-file PATH`` child with this interpreter."""
-        args = [sys.executable, "-m", "edgeserve", *subcommand, "--port-file", str(port_file)]
-        return cls(args, port_file, env=env, log_file=log_file)
-
     @property
     def pid(self) -> int:
-        assert self._proc is not None
+        if self._proc is None:
+            raise ServiceFailed(f"{self.args[0]} was never started")
         return self._proc.pid
 
     @property
     def running(self) -> bool:
         return self._proc is not None and self._proc.poll() is None
 
-    def start(self, timeout: float = 60.0) -> int:
-        self.port_file.unlink(missing_ok=True)
-        self._log = self.log_file.open("ab") if self.log_file else None
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        self._close_log()
+        if self.log_file is not None:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True)
+            self._log = self.log_file.open("ab")
         output = self._log or subprocess.DEVNULL
-        self._proc = subprocess.Popen(self.args, env=self.env, stdout=output, stderr=output)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self._proc.poll() is not None:
-                raise ServiceFailed(f"{self.args[3:]} exited with {self._proc.returncode}")
-            if self.port_file.exists():
-                return self._read_ports()
-            time.sleep(0.02)
-        self.kill()
-        raise ServiceFailed(f"{self.args[3:]} not ready after {timeout:.0f}s")
-
-    def _read_ports(self) -> int:
-        """A service writes its port, or a JSON object of ports with the main one first."""
-        document = json.loads(self.port_file.read_text())
-        self.ports = document if isinstance(document, dict) else {"main": int(document)}
-        self.port = next(iter(self.ports.values()))
-        return self.port
+        self._proc = subprocess.Popen(
+            self.args,
+            env=self.env,
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+        return self._proc
 
     def stop(self, timeout: float = 15.0) -> int:
         """SIGTERM, then SIGKILL if it has not exited within ``timeout``; the exit code."""
@@ -108,6 +85,54 @@ class ServiceProcess:
         if self._log is not None:
             self._log.close()
             self._log = None
+
+
+class ServiceProcess(ChildProcess):
+    """An edgeserve service that writes its bound port(s) to ``port_file`` when ready."""
+
+    def __init__(
+        self,
+        args: list[str],
+        port_file: Path,
+        env: dict[str, str] | None = None,
+        log_file: Path | None = None,
+    ) -> None:
+        super().__init__(args, log_file, env)
+        self.port_file = port_file
+        self.port: int | None = None
+        self.ports: dict[str, int] = {}
+
+    @classmethod
+    def edgeserve(
+        cls,
+        *subcommand: str,
+        port_file: Path,
+        env: dict[str, str] | None = None,
+        log_file: Path | None = None,
+    ) -> ServiceProcess:
+        """A ``python -m edgeserve ... --port-file PATH`` child with this interpreter."""
+        args = [sys.executable, "-m", "edgeserve", *subcommand, "--port-file", str(port_file)]
+        return cls(args, port_file, env=env, log_file=log_file)
+
+    def start(self, timeout: float = 60.0) -> int:
+        self.port_file.unlink(missing_ok=True)
+        proc = self._spawn()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                raise ServiceFailed(f"{self.args[3:]} exited with {proc.returncode}")
+            if self.port_file.exists():
+                return self._read_ports()
+            time.sleep(0.02)
+        self.kill()
+        raise ServiceFailed(f"{self.args[3:]} not ready after {timeout:.0f}s")
+
+    def _read_ports(self) -> int:
+        """A service writes its port, or a JSON object of ports with the main one first."""
+        document = json.loads(self.port_file.read_text())
+        self.ports = document if isinstance(document, dict) else {"main": int(document)}
+        self.port = next(iter(self.ports.values()))
+        return self.port
 
     def __enter__(self) -> ServiceProcess:
         self.start()

@@ -16,13 +16,13 @@ import signal
 import socket
 import ssl
 import struct
-import subprocess
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import BinaryIO, Self
+from typing import Self
 
 from edgeserve.mqtt import BrokerAddress
+from edgeserve.processes import ChildProcess
 from edgeserve.wire.errors import Unavailable
 
 RELOAD_MARKER = b"Reloading config."
@@ -33,7 +33,7 @@ class BrokerFailed(Unavailable):
     """The broker exited, or did not accept connections in time."""
 
 
-class BrokerProcess:
+class BrokerProcess(ChildProcess):
     """A broker child process whose readiness is checked by logging in as ``probe_as``."""
 
     kind = "broker"
@@ -41,54 +41,22 @@ class BrokerProcess:
     supports_mqtt5 = True
 
     def __init__(self, args: list[str], probe_as: BrokerAddress, log_file: Path) -> None:
-        self.args = args
+        super().__init__(args, log_file)
+        self.log_path = log_file  # always set for a broker: reload and errors read it
         self.probe_as = probe_as
-        self.log_file = log_file
         self.port = probe_as.port
-        self._proc: subprocess.Popen[bytes] | None = None
-        self._log: BinaryIO | None = None
-
-    @property
-    def running(self) -> bool:
-        return self._proc is not None and self._proc.poll() is None
-
-    @property
-    def pid(self) -> int:
-        if self._proc is None:
-            raise BrokerFailed(f"{self.kind} was never started")
-        return self._proc.pid
 
     def start(self, timeout: float = 20.0) -> Self:
         """Start (or start again, on the same port) and wait until a login succeeds."""
         if self.running:
             return self
-        self._close_log()
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
-        self._log = self.log_file.open("ab")
-        self._proc = subprocess.Popen(
-            self.args, stdout=self._log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL
-        )
+        self._spawn()
         self._wait_ready(timeout)
         return self
 
-    def stop(self, timeout: float = 10.0) -> int | None:
-        """SIGTERM (the broker saves its persistence file), SIGKILL after ``timeout``."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.send_signal(signal.SIGTERM)
-            try:
-                self._proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self._proc.kill()
-                self._proc.wait()
-        self._close_log()
-        return None if self._proc is None else self._proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL, as a crash would: no goodbye to clients, no persistence save."""
-        if self._proc is not None and self._proc.poll() is None:
-            self._proc.kill()
-            self._proc.wait()
-        self._close_log()
+    def stop(self, timeout: float = 10.0) -> int:
+        """SIGTERM (Mosquitto saves its persistence file), SIGKILL after ``timeout``."""
+        return super().stop(timeout)
 
     def reload(self, timeout: float = 10.0) -> None:
         """SIGHUP (re-read the password file) and wait until the reload has happened.
@@ -98,7 +66,7 @@ class BrokerProcess:
         """
         if not self.running:
             return
-        offset = self.log_file.stat().st_size
+        offset = self.log_path.stat().st_size
         os.kill(self.pid, signal.SIGHUP)
         deadline = time.monotonic() + timeout
         while RELOAD_MARKER not in self._log_since(offset):
@@ -110,7 +78,7 @@ class BrokerProcess:
 
     def log_tail(self, limit: int = 4000) -> str:
         with contextlib.suppress(OSError):
-            return self.log_file.read_bytes()[-limit:].decode(errors="replace")
+            return self.log_path.read_bytes()[-limit:].decode(errors="replace")
         return ""
 
     def _wait_ready(self, timeout: float) -> None:
@@ -140,14 +108,9 @@ class BrokerProcess:
         return None if self._proc is None else self._proc.poll()
 
     def _log_since(self, offset: int) -> bytes:
-        with self.log_file.open("rb") as log:
+        with self.log_path.open("rb") as log:
             log.seek(offset)
             return log.read()
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
 
     def __enter__(self) -> Self:
         return self.start()
