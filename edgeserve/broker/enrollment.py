@@ -22,6 +22,7 @@ from typing import Protocol
 from edgeserve.broker import passwords
 from edgeserve.broker.acl import SERVICE_USER, render_acl
 from edgeserve.broker.config import MosquittoConfig, render_mosquitto_conf
+from edgeserve.durable import write_private
 from edgeserve.mqtt import BrokerAddress
 from edgeserve.security.pki import CertPaths, DevPki, issue_client_cert
 from edgeserve.wire.errors import InvalidInput, ModelNotFound
@@ -198,7 +199,7 @@ class BrokerSetup:
 
     def _write_config(self) -> None:
         self.acl_file.write_text(render_acl(self.service_users))
-        passwords.write_private(self.config_path, render_mosquitto_conf(self.mosquitto_config()))
+        write_private(self.config_path, render_mosquitto_conf(self.mosquitto_config()).encode())
 
     def _save_manifest(self) -> None:
         saved = {
@@ -213,7 +214,7 @@ class BrokerSetup:
     def _new_password(self, username: str) -> str:
         """A fresh password: its plaintext to the 0600 credentials file, its hash returned."""
         password = passwords.generate_password()
-        passwords.write_private(self._credential_path(username), password + "\n")
+        write_private(self._credential_path(username), (password + "\n").encode())
         return passwords.hash_password(password)
 
     def _has_credentials(self, username: str, entries: dict[str, str]) -> bool:

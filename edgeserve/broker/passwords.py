@@ -20,6 +20,7 @@ import secrets
 from collections.abc import Mapping
 from pathlib import Path
 
+from edgeserve.durable import write_private
 from edgeserve.wire.errors import InvalidInput
 
 ITERATIONS = 101
@@ -76,20 +77,7 @@ def write_password_file(path: Path, entries: Mapping[str, str]) -> None:
         if not username or ":" in username or any(c.isspace() for c in username):
             raise InvalidInput(f"username {username!r} cannot be stored in a password file")
     text = "".join(f"{username}:{stored}\n" for username, stored in sorted(entries.items()))
-    write_private(path, text)
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` via a 0600 temporary file and a rename."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        os.write(fd, text.encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_private(path, text.encode())
 
 
 def _parse_hash(stored: str) -> tuple[int, bytes, bytes]:

@@ -28,7 +28,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeserve.edge_agent.durable import fsync_dir, write_atomic
+from edgeserve.durable import fsync_dir, write_atomic
 from edgeserve.wire.errors import IntegrityError, InvalidInput, ModelNotFound
 from edgeserve.wire.model_card import ModelCard, file_sha256
 

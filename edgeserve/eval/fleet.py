@@ -9,7 +9,6 @@ processes with SIGTERM and returns their exit codes.
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from edgeserve.broker import BrokerSetup, EmbeddedBroker, MosquittoProcess, start_broker
+from edgeserve.durable import write_private
 from edgeserve.models import packaged_artifacts
 from edgeserve.processes import ServiceProcess, agent_process, free_port, sync_process
 from edgeserve.security.pki import ensure_dev_pki
@@ -169,8 +169,7 @@ def start_sync(
     ensure_operator_key(state / "keys")  # the agents pin its public half before it starts
     address = setup.address(SYNC_USER)
     password_file = workdir / "sync.password"
-    password_file.write_text(address.password or "")
-    os.chmod(password_file, 0o600)
+    write_private(password_file, (address.password or "").encode())
     defaults = {
         "state_dir": str(state),
         "broker_host": address.host,

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import datetime as dt
 import ipaddress
-import os
 import re
 import ssl
 from collections.abc import Mapping, Sequence
@@ -24,6 +23,8 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+from edgeserve.durable import write_atomic
 
 CA_VALIDITY = dt.timedelta(days=5 * 365)
 LEAF_VALIDITY = dt.timedelta(days=365)
@@ -236,22 +237,8 @@ def _write_pair(paths: CertPaths, cert: x509.Certificate, key: ec.EllipticCurveP
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    _write_atomic(paths.key, key_pem, 0o600)
-    _write_atomic(paths.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    # Created with its final mode, so a private key is never readable by others, even
-    # for the instant between writing and a chmod.
-    tmp = path.with_name(f".{path.name}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    try:
-        os.fchmod(fd, mode)
-        os.write(fd, data)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_atomic(paths.key, key_pem, 0o600)
+    write_atomic(paths.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
 def _load_cert(path: Path) -> x509.Certificate:

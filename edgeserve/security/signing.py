@@ -8,7 +8,6 @@ it did not sign.
 from __future__ import annotations
 
 import base64
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_pem_public_key,
 )
 
+from edgeserve.durable import write_atomic, write_private
 from edgeserve.wire.errors import InvalidInput
 from edgeserve.wire.manifest import SignedManifest, UpdateManifest, key_id
 
@@ -58,9 +58,9 @@ def ensure_operator_key(directory: Path) -> OperatorKey:
     directory.mkdir(parents=True, exist_ok=True)
     key = Ed25519PrivateKey.generate()
     pem = key.private_bytes(Encoding.PEM, PrivateFormat.PKCS8, NoEncryption())
-    _write(private_path, pem, 0o600)
+    write_private(private_path, pem)
     public_pem = key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo)
-    _write(directory / PUBLIC_NAME, public_pem, 0o644)
+    write_atomic(directory / PUBLIC_NAME, public_pem)
     return OperatorKey(key)
 
 
@@ -76,13 +76,3 @@ def load_public_key(path: Path) -> Ed25519PublicKey:
     if not isinstance(key, Ed25519PublicKey):
         raise InvalidInput(f"{path} is not an Ed25519 public key")
     return key
-
-
-def _write(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
-    with os.fdopen(fd, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)

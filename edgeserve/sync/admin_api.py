@@ -30,7 +30,6 @@ import binascii
 import hashlib
 import hmac
 import logging
-import os
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from edgeserve.durable import write_private
 from edgeserve.sync.artifacts import ArtifactStore
 from edgeserve.sync.config import TOKEN_FILE, TOKEN_HASH_FILE, SyncConfig
 from edgeserve.sync.core import CoreThread
@@ -123,25 +123,15 @@ def ensure_admin_token(state_dir: Path) -> str:
         return hash_path.read_text().strip()
     state_dir.mkdir(parents=True, exist_ok=True)
     token = "esa_" + secrets.token_urlsafe(32)
-    _write_private(state_dir / TOKEN_FILE, token + "\n")
+    write_private(state_dir / TOKEN_FILE, (token + "\n").encode())
     digest = _sha256(token)
-    _write_private(hash_path, digest + "\n")
+    write_private(hash_path, (digest + "\n").encode())
     log.info("admin token created", extra={"file": str(state_dir / TOKEN_FILE)})
     return digest
 
 
 def _sha256(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
-
-
-def _write_private(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    with os.fdopen(fd, "w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
 
 
 # -- dependencies -------------------------------------------------------------------------

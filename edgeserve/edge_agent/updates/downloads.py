@@ -23,7 +23,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edgeserve.edge_agent.durable import TMP_SUFFIX, fsync_dir, write_atomic
+from edgeserve.durable import TMP_SUFFIX, fsync_dir, write_atomic
 from edgeserve.wire.errors import IntegrityError, InvalidInput
 from edgeserve.wire.manifest import (
     PayloadSpec,

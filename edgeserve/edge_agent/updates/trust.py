@@ -16,7 +16,7 @@ import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
-from edgeserve.edge_agent.durable import write_atomic
+from edgeserve.durable import write_atomic
 from edgeserve.wire.errors import IntegrityError, UpdateRefused
 from edgeserve.wire.manifest import SignedManifest, UpdateManifest, version_key
 
