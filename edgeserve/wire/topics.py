@@ -10,10 +10,9 @@
     edgeserve/v1/devices/<device>/update/result          device → fleet  outcome of an update
     edgeserve/v1/devices/<device>/telemetry              device → fleet  zstd batch
     edgeserve/v1/devices/<device>/telemetry/ack          fleet → device  highest contiguous seq
-    edgeserve/v1/groups/<group>/desired                  fleet only      retained, for operators
 
 A device reads and writes only under its own ``devices/<device>/`` subtree (the broker's
-ACL enforces it, ``deploy/mosquitto/``). Group desired state is resolved by the sync
+ACL enforces it, ``deploy/mosquitto/``). A rollout to a group is resolved by the sync
 service into each member's own ``desired`` topic, so no device ever reads outside its
 subtree.
 """
@@ -61,10 +60,6 @@ def reported(device_id: str) -> str:
 
 def desired(device_id: str) -> str:
     return f"{device_root(device_id)}/desired"
-
-
-def group_desired(group: str) -> str:
-    return f"{ROOT}/groups/{check_device_id(group)}/desired"
 
 
 def update_request(device_id: str, update_id: str) -> str:
@@ -115,6 +110,16 @@ class DeviceTopic:
     index: int | None = None
 
 
+_FIXED_KINDS: dict[tuple[str, ...], DeviceTopicKind] = {
+    ("status",): "status",
+    ("reported",): "reported",
+    ("desired",): "desired",
+    ("telemetry",): "telemetry",
+    ("telemetry", "ack"): "telemetry_ack",
+    ("update", "result"): "update_result",
+}
+
+
 def parse(topic: str) -> DeviceTopic:
     """Parse a device topic; ``ValueError`` for anything outside the tree."""
     parts = topic.split("/")
@@ -122,17 +127,10 @@ def parse(topic: str) -> DeviceTopic:
         raise ValueError(f"topic {topic!r} is not under {ROOT}/devices/")
     device_id = check_device_id(parts[3])
     rest = parts[4:]
-    simple: dict[tuple[str, ...], DeviceTopicKind] = {
-        ("status",): "status",
-        ("reported",): "reported",
-        ("desired",): "desired",
-        ("telemetry",): "telemetry",
-        ("telemetry", "ack"): "telemetry_ack",
-        ("update", "result"): "update_result",
-    }
-    if tuple(rest) in simple:
-        return DeviceTopic(device_id, simple[tuple(rest)])
-    if len(rest) >= 3 and rest[0] == "update" and UPDATE_ID_PATTERN.match(rest[1]):
+    kind = _FIXED_KINDS.get(tuple(rest))
+    if kind is not None:
+        return DeviceTopic(device_id, kind)
+    if len(rest) >= 3 and rest[0] == "update" and UPDATE_ID_PATTERN.fullmatch(rest[1]):
         if rest[2:] == ["request"]:
             return DeviceTopic(device_id, "update_request", rest[1])
         if len(rest) == 4 and rest[2] == "chunk" and rest[3].isdigit() and len(rest[3]) < 9:
