@@ -6,8 +6,8 @@ batch in twenty is redelivered, as QoS 1 and resends after a reconnect do. The t
 is the heart of what the sync service does per telemetry message — ``decode_batch`` (zstd
 + validation) and ``ingest_batch`` (dedup insert + contiguous ack, one transaction) into a
 real SQLite file with the service's durability settings — without the MQTT dispatch, the
-device check and publishing the ack (``bench.fleet`` measures the whole path). Encoding happens before the clock starts,
-since devices pay for it, not the service.
+device check and publishing the ack (``bench.fleet`` measures the whole path). Encoding
+happens before the clock starts, since devices pay for it, not the service.
 """
 
 from __future__ import annotations
