@@ -98,29 +98,51 @@ def _online(console: Console, admin: AdminClient) -> None:
     for row in sorted(rows, key=lambda r: str(r["device_id"])):
         model = row["running"][MODEL]
         table.add_row(
-            row["device_id"], "yes", row["group"], row["agent_version"],
-            f"v{model['version']} ({model['sha256'][:12]})", model["slot"],
+            row["device_id"],
+            "yes",
+            row["group"],
+            row["agent_version"],
+            f"v{model['version']} ({model['sha256'][:12]})",
+            model["slot"],
         )
     console.print(table)
-    console.print(f"all {len(DEVICES)} online running v1, as their status and reported state "
-                  f"said over MQTT ({_since(waited)} of waiting)")
+    console.print(
+        f"all {len(DEVICES)} online running v1, as their status and reported state "
+        f"said over MQTT ({_since(waited)} of waiting)"
+    )
 
 
 def _telemetry(console: Console, admin: AdminClient, expected: int) -> None:
     console.rule("9. telemetry: test digits over four devices, counted centrally")
     waited = time.perf_counter()
     summary = _until(lambda: _counted(admin, "1", expected), 20, f"{expected} requests counted")
-    table = Table("version", "devices", "requests", "escal.", "p50 ms", "p99 ms", "errors",
-                  "dropped", title=f"{MODEL}, the fleet's telemetry summary")
+    table = Table(
+        "version",
+        "devices",
+        "requests",
+        "escal.",
+        "p50 ms",
+        "p99 ms",
+        "errors",
+        "dropped",
+        title=f"{MODEL}, the fleet's telemetry summary",
+    )
     for row in summary:
         table.add_row(
-            f"v{row['version']}", str(row["devices"]), str(row["requests"]),
-            f"{row['escalation_rate']:.1%}", f"{row['p50_latency_ms']:.2f}",
-            f"{row['p99_latency_ms']:.2f}", f"{row['error_rate']:.1%}", str(row["dropped"]),
+            f"v{row['version']}",
+            str(row["devices"]),
+            str(row["requests"]),
+            f"{row['escalation_rate']:.1%}",
+            f"{row['p50_latency_ms']:.2f}",
+            f"{row['p99_latency_ms']:.2f}",
+            f"{row['error_rate']:.1%}",
+            str(row["dropped"]),
         )
     console.print(table)
-    console.print(f"every answer reached the sync service in the agents' telemetry batches "
-                  f"{_since(waited)} after the last one (no cloud gateway here: nothing escalates)")
+    console.print(
+        f"every answer reached the sync service in the agents' telemetry batches "
+        f"{_since(waited)} after the last one (no cloud gateway here: nothing escalates)"
+    )
 
 
 def _counted(admin: AdminClient, version: str, expected: int) -> list[dict[str, Any]] | None:
@@ -129,21 +151,31 @@ def _counted(admin: AdminClient, version: str, expected: int) -> list[dict[str, 
     return summary if done >= expected else None
 
 
-def _rollout(console: Console, stack: FleetStack, admin: AdminClient, artifact: Path,
-             card: ModelCard, digits: Digits, before: dict[str, float]) -> None:
+def _rollout(
+    console: Console,
+    stack: FleetStack,
+    admin: AdminClient,
+    artifact: Path,
+    card: ModelCard,
+    digits: Digits,
+    before: dict[str, float],
+) -> None:
     console.rule("10. a signed delta rollout of a fine-tuned v2: canary, 50%, 100%")
-    factory = packaged_artifacts() / f"{MODEL}.onnx"
-    admin.upload(factory, ModelCard.load(packaged_artifacts() / f"{MODEL}.card.json"))
     accuracy = card.metrics.test_accuracy if card.metrics else float("nan")
-    console.print(f"registered the factory v1 as the delta base; pushing v2 "
-                  f"({artifact.stat().st_size} B, test accuracy {accuracy:.2%})")
+    console.print(
+        f"v1 (the agents' factory model) is registered as the delta base; pushing v2 "
+        f"({artifact.stat().st_size} B, test accuracy {accuracy:.2%})"
+    )
     started = time.perf_counter()
     rollout_id = stack.push(artifact, card, canary=1, stages=[0.5, 1.0])
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                  console=console) as progress:
+    with Progress(
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), console=console
+    ) as progress:
         view = stack.wait_rollout(rollout_id, timeout=30, on_view=_StageBars(progress))
-    console.print(f"rollout {rollout_id} {view['state']} {_since(started)} after the upload "
-                  f"(golden self-test, manifests signed per device, chunks fetched, installed)")
+    console.print(
+        f"rollout {rollout_id} {view['state']} {_since(started)} after the upload "
+        f"(golden self-test, manifests signed per device, chunks fetched, installed)"
+    )
     after = _serve_all(stack, *digits)
     _rollout_table(console, stack, view, before, after)
     sync, size, total = _sync_metrics(stack), artifact.stat().st_size, len(digits[1])
@@ -176,8 +208,13 @@ class _StageBars:
             self.progress.update(task, description=text, completed=done)
 
 
-def _rollout_table(console: Console, stack: FleetStack, view: dict[str, Any],
-                   before: dict[str, float], after: dict[str, float]) -> None:
+def _rollout_table(
+    console: Console,
+    stack: FleetStack,
+    view: dict[str, Any],
+    before: dict[str, float],
+    after: dict[str, float],
+) -> None:
     stages = {d["device_id"]: d["stage"] for d in view["devices"]}
     table = Table("device", "stage", "serves", "updates installed", "right before", "after")
     for device in DEVICES:
@@ -185,8 +222,12 @@ def _rollout_table(console: Console, stack: FleetStack, view: dict[str, Any],
             versions = client.model_metadata(MODEL)["versions"]
             installed = client.metric('edgeserve_agent_sync_updates_total{result="installed"}')
         table.add_row(
-            device, _stage_name(stages.get(device)), ", ".join(f"v{v}" for v in versions),
-            f"{installed:.0f}", f"{before[device]:.0f}", f"{after[device]:.0f}",
+            device,
+            _stage_name(stages.get(device)),
+            ", ".join(f"v{v}" for v in versions),
+            f"{installed:.0f}",
+            f"{before[device]:.0f}",
+            f"{after[device]:.0f}",
         )
     console.print(table)
 
@@ -200,8 +241,11 @@ def _refusals(console: Console, stack: FleetStack, admin: AdminClient) -> None:
     with _Connection(as_edge0, "demo-edge-0-tampering") as edge0:
         acl = edge0.publish(other, fake, retain=True)
         edge0.publish(topics.telemetry("edge-0"), b"\x00garbage, not a zstd batch")
-    sync = _until(lambda: _samples(_sync_metrics(stack), "edgeserve_sync_rejected_total"),
-                  10, "the sync service counting the garbage")
+    sync = _until(
+        lambda: _samples(_sync_metrics(stack), "edgeserve_sync_rejected_total"),
+        10,
+        "the sync service counting the garbage",
+    )
     edge1 = next(r for r in admin.devices() if r["device_id"] == "edge-1")
     silent = acl == "Success"  # MQTT 3.1.1 has no reason codes: a denied publish is acked
     how = "dropped it silently" if silent else f"refused it ({acl})"
@@ -210,14 +254,19 @@ def _refusals(console: Console, stack: FleetStack, admin: AdminClient) -> None:
         f"{'still online' if edge1['online'] else '[red]marked offline[/red]'} in the fleet "
         f"view after the sync service had seen edge-0's next message"
     )
-    console.print(f"edge-0 sending garbage on its own telemetry topic: sync service rejected "
-                  f"it and counted edgeserve_sync_rejected_total {sync}")
+    console.print(
+        f"edge-0 sending garbage on its own telemetry topic: sync service rejected "
+        f"it and counted edgeserve_sync_rejected_total {sync}"
+    )
     with _Connection(_address(stack, SYNC_USER, mqtt4), "demo-sync-forger") as forger:
         desired = decode(DesiredState, forger.retained(topics.desired("edge-0")))
         forger.publish(topics.desired("edge-0"), _forged(desired).to_bytes())
     with OipHttpClient(stack.agent_url("edge-0")) as client:
-        agent = _until(lambda: _samples(client.metrics(), "edgeserve_agent_sync_rejected_total"),
-                       10, "edge-0 counting the forged manifest")
+        agent = _until(
+            lambda: _samples(client.metrics(), "edgeserve_agent_sync_rejected_total"),
+            10,
+            "edge-0 counting the forged manifest",
+        )
         serves = client.model_metadata(MODEL)["versions"]
     console.print(
         f"forged desired state sent as {SYNC_USER} (revision {desired.revision + 1}, the "
@@ -282,9 +331,11 @@ def _address(stack: FleetStack, user: str, mqtt4: bool) -> BrokerAddress:
     return dataclasses.replace(address, protocol=4) if mqtt4 else address
 
 
-def _serve_all(stack: FleetStack, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]
-               ) -> dict[str, float]:
+def _serve_all(
+    stack: FleetStack, x: npt.NDArray[np.float32], y: npt.NDArray[np.int64]
+) -> dict[str, float]:
     """The test digits split over the devices, sent concurrently; right answers per device."""
+
     def serve(device: str, rows: npt.NDArray[np.float32], labels: npt.NDArray[np.int64]) -> float:
         with OipHttpClient(stack.agent_url(device)) as client:
             answers = [client.infer(MODEL, {"input": row[None, :]}) for row in rows]
@@ -304,8 +355,13 @@ def _sync_metrics(stack: FleetStack) -> str:
 
 def _samples(exposition: str, name: str) -> str | None:
     lines = [line for line in exposition.splitlines() if line.startswith(name + "{")]
-    return ", ".join(f"{{{line.split('{')[1].split('}')[0]}}} {float(line.rsplit(' ', 1)[1]):g}"
-                     for line in lines) or None
+    return (
+        ", ".join(
+            f"{{{line.split('{')[1].split('}')[0]}}} {float(line.rsplit(' ', 1)[1]):g}"
+            for line in lines
+        )
+        or None
+    )
 
 
 def _until(condition: Callable[[], T | None], timeout: float, what: str) -> T:

@@ -130,7 +130,7 @@ class FleetStack:
     def stop(self) -> dict[str, int]:
         codes = {name: process.stop() for name, process in self.agents.items()}
         codes["sync"] = self.sync.stop()
-        self.broker.stop()
+        codes["broker"] = self.broker.stop()
         return codes
 
 

@@ -27,7 +27,7 @@ from edgeserve.sync.registry import Registry
 from edgeserve.sync.rollout import RolloutController, RolloutSpec
 from edgeserve.sync.updates import Outgoing, UpdateIssuer, desired_message
 from edgeserve.sync.views import DeviceRow, RolloutView, VersionRow, VersionSummary
-from edgeserve.wire.errors import ModelNotFound, UpdateRefused
+from edgeserve.wire.errors import UpdateRefused
 from edgeserve.wire.model_card import ModelCard
 
 log = logging.getLogger(__name__)
@@ -71,7 +71,7 @@ class SyncCore:
 
     def tick(self) -> None:
         self._send(issue_assignments(self.ctx, self.controller.tick()))
-        self.metrics.set_rollout_states(Counter(view.state for view in self.controller.list()))
+        self.metrics.set_rollout_states(Counter(row.state for row in self.registry.rollouts()))
         now = time.monotonic()
         if now - self._last_refresh >= REFRESH_EVERY_S:
             self._last_refresh = now
@@ -94,8 +94,6 @@ class SyncCore:
         return row
 
     def start_rollout(self, spec: RolloutSpec) -> RolloutView:
-        if self.registry.version(spec.model, spec.version) is None:
-            raise ModelNotFound(f"{spec.model} v{spec.version} is not registered")
         rollout_id, assigns = self.controller.start(spec)
         self._send(issue_assignments(self.ctx, assigns))
         return self.controller.show(rollout_id)

@@ -139,6 +139,10 @@ class UpdateIssuer:
             cached = self._build(base_sha, target.sha256)
         if cached.encoding == "zstd":
             base_version, base_sha = None, None
+        # Every device on the same base gets the same payload: hash its chunks once.
+        known = self.store.spec(cached.sha256[:32])
+        if known and (known.sha256, known.chunk_size) == (cached.sha256, self.chunk_size):
+            return known
         spec = PayloadSpec(
             encoding=cached.encoding,
             base_version=base_version,
