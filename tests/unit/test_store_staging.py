@@ -101,10 +101,12 @@ def test_stage_never_overwrites_the_slot_that_serves(store):
 
 def test_a_stage_interrupted_midway_leaves_the_old_model_loading(store):
     card, data = _version("2")
-    store.install(card, data)
+    installed = store.install(card, data)
     staged = store.stage(*_version("3"))
     staged.artifact.write_bytes(data[: len(data) // 2])  # as a kill -9 mid-write leaves it
-    assert ModelStore(store.root).load_verified(MODEL).card.version == "2"
+    reopened = ModelStore(store.root)
+    assert reopened.load_verified(MODEL).slot == installed.slot
+    assert staged.slot not in _state(reopened).values()  # not active, not a fallback
 
 
 def test_read_active_bytes_returns_the_verified_bytes_that_serve(store):
