@@ -27,7 +27,7 @@ from edgeserve.edge_agent.cache import cache_key
 from edgeserve.edge_agent.core import AgentCore, LoadedModel
 from edgeserve.edge_agent.escalation import EscalationClient
 from edgeserve.edge_agent.executor import BoundedExecutor
-from edgeserve.edge_agent.sync.recorder import Answered, TelemetryRecorder
+from edgeserve.edge_agent.recorder import Answered, TelemetryRecorder
 from edgeserve.wire.confidence import confidence_scores
 from edgeserve.wire.errors import EdgeServeError, InvalidInput
 from edgeserve.wire.model_card import RouterPolicy

@@ -15,6 +15,7 @@ import signal
 import socket
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import uvicorn
 
@@ -24,18 +25,14 @@ from edgeserve.edge_agent.core import AgentCore
 from edgeserve.edge_agent.escalation import CircuitBreaker, EscalationClient, TlsFiles
 from edgeserve.edge_agent.executor import BoundedExecutor
 from edgeserve.edge_agent.outbox import Outbox
+from edgeserve.edge_agent.recorder import TelemetryRecorder
 from edgeserve.edge_agent.router import Router
 from edgeserve.edge_agent.runtimes import RuntimeOptions
-from edgeserve.edge_agent.sync import (
-    SyncClient,
-    SyncContext,
-    TelemetryRecorder,
-    TelemetryUploader,
-    broker_address,
-)
 from edgeserve.logs import configure_logging
-from edgeserve.security.signing import load_public_key
 from edgeserve.serving import write_port_file
+
+if TYPE_CHECKING:
+    from edgeserve.edge_agent.sync.client import SyncClient
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +110,12 @@ def build_sync(
     """The fleet sync client and its updater, or None when no broker is configured."""
     if config.sync_broker is None:
         return None
+    # Imported here: an agent without a broker never loads paho or the manifest checks.
+    from edgeserve.edge_agent.sync.client import SyncClient, broker_address
+    from edgeserve.edge_agent.sync.handlers import SyncContext
+    from edgeserve.edge_agent.sync.telemetry import TelemetryUploader
     from edgeserve.edge_agent.updates import Updater
+    from edgeserve.security.signing import load_public_key
 
     assert config.operator_public_key is not None  # AgentConfig refuses sync without it
     public_key = load_public_key(config.operator_public_key)

@@ -24,7 +24,9 @@ from edgeserve.edge_agent.metrics import SyncMetrics
 from edgeserve.edge_agent.outbox import Outbox
 from edgeserve.edge_agent.router import Router
 from edgeserve.edge_agent.runtimes import RuntimeOptions, open_session
-from edgeserve.edge_agent.sync import SyncContext, TelemetryUploader, handlers
+from edgeserve.edge_agent.sync import handlers
+from edgeserve.edge_agent.sync.handlers import SyncContext
+from edgeserve.edge_agent.sync.telemetry import TelemetryUploader
 from edgeserve.edge_agent.updates import Updater
 from edgeserve.models import packaged_artifacts
 from edgeserve.mqtt import Message
@@ -307,7 +309,7 @@ def test_an_agent_that_syncs_must_pin_the_operator_key(tmp_path):
 
 
 def test_the_broker_user_defaults_to_the_device_id(tmp_path):
-    from edgeserve.edge_agent.sync import broker_address
+    from edgeserve.edge_agent.sync.client import broker_address
 
     (tmp_path / "pw").write_text("s3cret\n")
     config = AgentConfig(

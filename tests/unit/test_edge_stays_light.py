@@ -15,3 +15,15 @@ def test_agent_server_and_demo_import_no_heavy_package():
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_an_agent_without_a_broker_loads_no_sync_machinery():
+    probe = (
+        "import sys, edgeserve.edge_agent.server;"
+        "print([m for m in ('paho', 'edgeserve.edge_agent.sync.client', "
+        "'edgeserve.edge_agent.updates') if m in sys.modules])"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True
+    )
+    assert result.stdout.strip() == "[]"

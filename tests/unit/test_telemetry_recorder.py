@@ -16,8 +16,9 @@ from edgeserve.edge_agent.core import AgentCore
 from edgeserve.edge_agent.executor import BoundedExecutor
 from edgeserve.edge_agent.metrics import SyncMetrics
 from edgeserve.edge_agent.outbox import Outbox
+from edgeserve.edge_agent.recorder import TelemetryRecorder
 from edgeserve.edge_agent.router import Router
-from edgeserve.edge_agent.sync import TelemetryRecorder, TelemetryUploader
+from edgeserve.edge_agent.sync.telemetry import TelemetryUploader
 from edgeserve.wire.errors import InvalidInput
 from edgeserve.wire.model_card import RouterPolicy
 from edgeserve.wire.telemetry import RequestRecord, decode_batch

@@ -2,22 +2,8 @@
 
 ``SyncClient`` keeps the device connected to the fleet's broker and dispatches desired
 state, update chunks and telemetry acknowledgements to the plain functions in
-``handlers``; ``TelemetryRecorder`` batches per-request records into the outbox off the
-request path; ``TelemetryUploader`` sends the outbox home one acknowledged batch at a
+``handlers``; ``TelemetryUploader`` sends the outbox home one acknowledged batch at a
 time. None of it is needed to serve: an agent without a broker, or with the broker down,
-answers every request the same.
+answers every request the same — and an agent without a broker never imports this
+package's modules (paho, the manifest checks), so nothing is exported here.
 """
-
-from edgeserve.edge_agent.sync.client import SyncClient, broker_address
-from edgeserve.edge_agent.sync.handlers import SyncContext, SyncState
-from edgeserve.edge_agent.sync.recorder import TelemetryRecorder
-from edgeserve.edge_agent.sync.telemetry import TelemetryUploader
-
-__all__ = [
-    "SyncClient",
-    "SyncContext",
-    "SyncState",
-    "TelemetryRecorder",
-    "TelemetryUploader",
-    "broker_address",
-]
