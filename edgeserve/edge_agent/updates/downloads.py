@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import re
 import shutil
 from pathlib import Path
@@ -118,7 +119,13 @@ class Download:
             )
         if index in self._have:
             return False
-        write_atomic(self.folder / CHUNKS_NAME / str(index), data)
+        # Renamed into place but not fsynced: every chunk is hashed again when a download
+        # is reopened after a crash, so one lost to a power cut is simply fetched again,
+        # and an fsync per chunk would cost more than the chunk on SD/eMMC storage.
+        path = self.folder / CHUNKS_NAME / str(index)
+        tmp = path.with_name(path.name + TMP_SUFFIX)
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
         self._have.add(index)
         return True
 
