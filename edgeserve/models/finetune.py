@@ -10,7 +10,6 @@ it was made. Deterministic: the same inputs give the same bytes.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -24,19 +23,14 @@ from edgeserve.models.data import load_split, make_split
 from edgeserve.models.evaluate import onnx_accuracy
 from edgeserve.models.export import export_classifier
 from edgeserve.models.quantize import QuantizeConfig, quantize_int8
-from edgeserve.models.train import deterministic_torch
+from edgeserve.models.train import TrainConfig, train_classifier
 from edgeserve.wire.model_card import ModelCard, ModelMetrics, card_path_for, file_sha256
 
 BASE_FP32 = "digits-edge-fp32"
 BASE_INT8 = "digits-edge"
 
 
-@dataclass(frozen=True, slots=True)
-class FineTuneConfig:
-    epochs: int = 30
-    learning_rate: float = 5e-4
-    batch_size: int = 64
-    seed: int = 1
+FINE_TUNE = TrainConfig(epochs=30, learning_rate=5e-4, batch_size=64, seed=1)
 
 
 def load_edge_mlp(onnx_path: Path) -> nets.EdgeMLP:
@@ -48,36 +42,20 @@ def load_edge_mlp(onnx_path: Path) -> nets.EdgeMLP:
     return model
 
 
-def fine_tune_last_layer(model: nn.Module, config: FineTuneConfig) -> nn.Module:
+def fine_tune_last_layer(model: nn.Module, config: TrainConfig) -> nn.Module:
+    """Train only the output layer, on the training and calibration digits."""
     split = make_split(0)
-    x = np.concatenate([split.x_train, split.x_calibration]).astype(np.float32)
-    y = np.concatenate([split.y_train, split.y_calibration]).astype(np.int64)
-    features, labels = torch.from_numpy(x), torch.from_numpy(y)
-    head = model.get_submodule("fc3")
-    for parameter in model.parameters():
-        parameter.requires_grad_(False)
-    for parameter in head.parameters():
-        parameter.requires_grad_(True)
-    with deterministic_torch(config.seed):
-        order = torch.Generator().manual_seed(config.seed)
-        optimizer = torch.optim.Adam(head.parameters(), lr=config.learning_rate)
-        loss_fn = nn.CrossEntropyLoss()
-        model.train()
-        for _ in range(config.epochs):
-            permutation = torch.randperm(len(labels), generator=order)
-            for start in range(0, len(labels), config.batch_size):
-                batch = permutation[start : start + config.batch_size]
-                optimizer.zero_grad(set_to_none=True)
-                loss_fn(model(features[batch]), labels[batch]).backward()
-                optimizer.step()
-    return model.eval()
+    x = np.concatenate([split.x_train, split.x_calibration])
+    y = np.concatenate([split.y_train, split.y_calibration])
+    for name, parameter in model.named_parameters():
+        parameter.requires_grad_(name.startswith("fc3."))  # Adam skips gradient-less ones
+    return train_classifier(lambda: model, x, y, config)
 
 
 def build_edge_version(
-    out_dir: Path, version: str = "2", config: FineTuneConfig | None = None
+    out_dir: Path, version: str = "2", config: TrainConfig = FINE_TUNE
 ) -> tuple[Path, ModelCard]:
     """Write ``digits-edge`` ``version`` (int8 ONNX + card) into ``out_dir``."""
-    config = config or FineTuneConfig()
     source = packaged_artifacts()
     base_card = ModelCard.load(source / f"{BASE_INT8}.card.json")
     out_dir.mkdir(parents=True, exist_ok=True)

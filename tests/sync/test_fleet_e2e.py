@@ -24,7 +24,8 @@ from edgeserve.client import OipHttpClient, metric_value
 from edgeserve.eval.fleet import SYNC_USER, FleetStack, start_fleet
 from edgeserve.models import packaged_artifacts
 from edgeserve.models.data import load_split
-from edgeserve.models.finetune import FineTuneConfig, build_edge_version
+from edgeserve.models.finetune import build_edge_version
+from edgeserve.models.train import TrainConfig
 from edgeserve.security.signing import OperatorKey, ensure_operator_key
 from edgeserve.sync.golden import compute_self_test
 from edgeserve.testing.fault_proxy import FaultProxy
@@ -193,7 +194,7 @@ def test_telemetry_made_while_the_broker_is_down_arrives_once(start) -> None:
 
 # -- helpers -----------------------------------------------------------------------------
 
-OLD = FineTuneConfig(epochs=5, seed=7)
+OLD = TrainConfig(epochs=5, learning_rate=5e-4, batch_size=64, seed=7)
 
 
 def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
