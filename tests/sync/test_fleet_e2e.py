@@ -107,10 +107,12 @@ def test_a_transfer_cut_by_a_broker_kill_resumes_and_completes(start, v2: Releas
         chunks = stack.workdir / "dev-0-state" / "downloads"
         wait_for(lambda: stored_chunks(chunks) >= 2, 30, "first chunks stored")
 
+        proxy.stall()  # freeze the device's link, then cut the broker: mid-transfer for sure
         stack.broker.kill()
         received_before_restart, total = stored_chunks(chunks), chunk_total(chunks)
         assert served_version(stack, "dev-0") == "1"  # still serving while cut off
         stack.broker.start()
+        proxy.pass_through()
 
         assert stack.wait_rollout(rollout, timeout=60)["state"] == "completed"
     assert 0 < received_before_restart < total
