@@ -13,15 +13,12 @@ message never stops the client. A refused update is also reported as an ``Update
 from __future__ import annotations
 
 import asyncio
-import base64
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeserve import __version__
@@ -29,7 +26,7 @@ from edgeserve.edge_agent.metrics import SyncMetrics
 from edgeserve.mqtt import Message
 from edgeserve.wire import topics
 from edgeserve.wire.errors import EdgeServeError, SignatureError, Unavailable, UpdateRefused
-from edgeserve.wire.manifest import SignedManifest
+from edgeserve.wire.manifest import SignedManifest, verify_signed_manifest
 from edgeserve.wire.sync_messages import (
     ChunkRequest,
     DesiredState,
@@ -369,9 +366,7 @@ def running_version(ctx: SyncContext, name: str) -> str:
 def signed_version(envelope: SignedManifest, public_key: Ed25519PublicKey) -> str:
     """The version a refused manifest names, read only if its signature verifies."""
     try:
-        body = base64.b64decode(envelope.manifest, validate=True)
-        public_key.verify(base64.b64decode(envelope.signature, validate=True), body)
-        version = json.loads(body).get("version", "")
-    except (ValueError, InvalidSignature, AttributeError):
+        # now=0: an expired manifest still names its version truthfully
+        return verify_signed_manifest(envelope, public_key, now=0.0).version
+    except EdgeServeError:
         return ""
-    return version if isinstance(version, str) else ""
