@@ -13,9 +13,10 @@ from typing import Any, Literal
 
 import orjson
 import pyzstd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from edgeserve.wire.errors import InvalidInput, PayloadTooLarge
+from edgeserve.wire.sync_messages import decode
 
 BATCH_SCHEMA = "edgeserve.telemetry/1"
 MAX_BATCH_COMPRESSED = 1 << 20
@@ -83,12 +84,7 @@ def decode_batch(payload: bytes) -> TelemetryBatch:
         raise PayloadTooLarge(f"telemetry batch inflates past {MAX_BATCH_DECOMPRESSED} bytes")
     if not decompressor.eof:
         raise InvalidInput("telemetry batch is truncated")
-    try:
-        batch = TelemetryBatch.model_validate_json(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"]) or "body"
-        raise InvalidInput(f"bad telemetry batch: {where}: {first['msg']}") from exc
+    batch = decode(TelemetryBatch, raw, limit=MAX_BATCH_DECOMPRESSED)
     if batch.to_seq < batch.from_seq or any(
         not batch.from_seq < r.seq <= batch.to_seq for r in batch.records
     ):
