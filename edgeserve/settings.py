@@ -6,6 +6,8 @@ Each service declares one ``ServiceSettings`` subclass and builds it once in its
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -44,3 +46,16 @@ def load_settings(cls: type[S], path: Path | None = None, **overrides: Any) -> S
     bound = type(cls.__name__, (cls,), {"model_config": {**cls.model_config, "toml_file": path}})
     settings: S = bound(**overrides)
     return settings
+
+
+def default_state_dir(service: str) -> Callable[[], Path]:
+    """A ``default_factory`` for a service's state folder: systemd's ``StateDirectory=``
+    (exported as ``STATE_DIRECTORY``) where set, else ``$XDG_STATE_HOME/edgeserve/<service>``."""
+
+    def state_dir() -> Path:
+        if state := os.environ.get("STATE_DIRECTORY"):
+            return Path(state.split(":")[0])
+        xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+        return Path(xdg) / "edgeserve" / service
+
+    return state_dir

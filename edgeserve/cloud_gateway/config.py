@@ -2,18 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
-from edgeserve.settings import ServiceSettings
-
-
-def _default_state_dir() -> Path:
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "edgeserve" / "gateway"
+from edgeserve.settings import ServiceSettings, default_state_dir
 
 
 class GatewayConfig(ServiceSettings):
@@ -26,7 +20,7 @@ class GatewayConfig(ServiceSettings):
         8002, ge=0, le=65535, description="gRPC for devices: TLS with client certificates"
     )
     port_file: Path | None = Field(None, description="JSON of bound ports, written once ready")
-    state_dir: Path = Field(default_factory=_default_state_dir)
+    state_dir: Path = Field(default_factory=default_state_dir("gateway"))
     repository: Path | None = Field(None, description="model repository (default: state/models)")
     tenants_db: Path | None = Field(None, description="SQLite tenants (default: state/tenants.db)")
     pki_dir: Path | None = Field(None, description="CA and server cert (default: state/pki)")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import socket
 from pathlib import Path
 from typing import Literal
@@ -10,15 +9,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
-from edgeserve.settings import ServiceSettings
-
-
-def _default_state_dir() -> Path:
-    # systemd's StateDirectory= exports STATE_DIRECTORY; elsewhere use the XDG location.
-    if state := os.environ.get("STATE_DIRECTORY"):
-        return Path(state.split(":")[0])
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "edgeserve" / "agent"
+from edgeserve.settings import ServiceSettings, default_state_dir
 
 
 class AgentConfig(ServiceSettings):
@@ -29,7 +20,7 @@ class AgentConfig(ServiceSettings):
     port: int = Field(8710, ge=0, le=65535)
     unix_socket: Path | None = None
     port_file: Path | None = Field(None, description="written with the bound port once ready")
-    state_dir: Path = Field(default_factory=_default_state_dir)
+    state_dir: Path = Field(default_factory=default_state_dir("agent"))
     models: list[str] = Field(
         default_factory=lambda: ["digits-edge"],
         description="models to serve; seeded from the packaged artifacts on first start",

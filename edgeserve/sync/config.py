@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Literal
 
@@ -10,7 +9,7 @@ from pydantic import Field
 from pydantic_settings import SettingsConfigDict
 
 from edgeserve.mqtt import BrokerAddress
-from edgeserve.settings import ServiceSettings
+from edgeserve.settings import ServiceSettings, default_state_dir
 from edgeserve.wire.errors import InvalidInput
 
 SERVICE_USER = "edgeserve-sync"
@@ -19,18 +18,11 @@ TOKEN_FILE = "admin.token"
 TOKEN_HASH_FILE = "admin.token.sha256"
 
 
-def _default_state_dir() -> Path:
-    if state := os.environ.get("STATE_DIRECTORY"):
-        return Path(state.split(":")[0])
-    xdg = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
-    return Path(xdg) / "edgeserve" / "sync"
-
-
 class SyncConfig(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="EDGESERVE_SYNC_", extra="forbid")
 
     state_dir: Path = Field(
-        default_factory=_default_state_dir,
+        default_factory=default_state_dir("sync"),
         description="registry, artifacts, payloads, operator key and admin token live here",
     )
     # -- broker ---------------------------------------------------------------------------
