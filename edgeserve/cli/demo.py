@@ -11,7 +11,8 @@ still arriving within its budget (degraded), the breaker opening and closing aga
 when the gateway returns, and a clean SIGTERM shutdown of both. Then a fleet over MQTT
 (``demo_fleet``): a broker, the sync service and four enrolled agents come online, their
 telemetry is counted centrally, a fine-tuned v2 rolls out as signed deltas stage by
-stage, and garbage, a forged manifest and a cross-device publish are refused.
+stage, and garbage, a forged manifest and a cross-device publish are refused. Last a
+fault drill (``demo_faults``): the broker and an agent killed, nothing lost or corrupted.
 """
 
 from __future__ import annotations

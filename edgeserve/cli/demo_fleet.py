@@ -5,7 +5,8 @@ agents enrolled with their own passwords and client certificates run as real pro
 The demo watches them come online, sends them the test digits and reads the traffic back
 from the fleet's telemetry, rolls a fine-tuned version 2 out as signed deltas stage by
 stage, then plays the attacker: garbage and a forged manifest are refused and counted,
-and a device writing to another device's topic is stopped by the broker's ACL.
+and a device writing to another device's topic is stopped by the broker's ACL. Last,
+the fault drill of ``demo_faults``: the broker and an agent killed, nothing lost.
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ T = TypeVar("T")
 
 def show_fleet(console: Console, workdir: Path, broker_kind: BrokerKind = "auto") -> dict[str, int]:
     """Run the fleet sections; the exit codes of the processes stopped at the end."""
+    from edgeserve.cli.demo_faults import show_faults  # it imports wait_until from here
+
     console.rule("8. a fleet over MQTT: broker, sync service, four enrolled agents")
     started = time.perf_counter()
     x, y = load_split(packaged_artifacts(), "test")
@@ -63,6 +66,7 @@ def show_fleet(console: Console, workdir: Path, broker_kind: BrokerKind = "auto"
             _telemetry(console, admin, len(x))
             _rollout(console, stack, admin, artifact, card, (x, y), before)
             _refusals(console, stack, admin)
+            show_faults(console, stack, admin, lambda: _serve_all(stack, x, y), len(x), "2")
     finally:
         codes = stack.stop()
     console.print(f"fleet sections took {time.perf_counter() - started:.1f}s")
@@ -93,7 +97,7 @@ def _online(console: Console, admin: AdminClient) -> None:
         return rows if len(up) == len(DEVICES) else None
 
     waited = time.perf_counter()
-    rows = _until(ready, 20, "all devices online running version 1")
+    rows = wait_until(ready, 20, "all devices online running version 1")
     table = Table("device", "online", "group", "agent", f"{MODEL} running", "slot")
     for row in sorted(rows, key=lambda r: str(r["device_id"])):
         model = row["running"][MODEL]
@@ -115,7 +119,7 @@ def _online(console: Console, admin: AdminClient) -> None:
 def _telemetry(console: Console, admin: AdminClient, expected: int) -> None:
     console.rule("9. telemetry: test digits over four devices, counted centrally")
     waited = time.perf_counter()
-    summary = _until(lambda: _counted(admin, "1", expected), 20, f"{expected} requests counted")
+    summary = wait_until(lambda: _counted(admin, "1", expected), 20, f"{expected} requests counted")
     table = Table(
         "version",
         "devices",
@@ -241,7 +245,7 @@ def _refusals(console: Console, stack: FleetStack, admin: AdminClient) -> None:
     with _Connection(as_edge0, "demo-edge-0-tampering") as edge0:
         acl = edge0.publish(other, fake, retain=True)
         edge0.publish(topics.telemetry("edge-0"), b"\x00garbage, not a zstd batch")
-    sync = _until(
+    sync = wait_until(
         lambda: _samples(_sync_metrics(stack), "edgeserve_sync_rejected_total"),
         10,
         "the sync service counting the garbage",
@@ -262,7 +266,7 @@ def _refusals(console: Console, stack: FleetStack, admin: AdminClient) -> None:
         desired = decode(DesiredState, forger.retained(topics.desired("edge-0")))
         forger.publish(topics.desired("edge-0"), _forged(desired).to_bytes())
     with OipHttpClient(stack.agent_url("edge-0")) as client:
-        agent = _until(
+        agent = wait_until(
             lambda: _samples(client.metrics(), "edgeserve_agent_sync_rejected_total"),
             10,
             "edge-0 counting the forged manifest",
@@ -364,7 +368,7 @@ def _samples(exposition: str, name: str) -> str | None:
     )
 
 
-def _until(condition: Callable[[], T | None], timeout: float, what: str) -> T:
+def wait_until(condition: Callable[[], T | None], timeout: float, what: str) -> T:
     deadline = time.monotonic() + timeout
     while (value := condition()) is None:
         if time.monotonic() > deadline:
