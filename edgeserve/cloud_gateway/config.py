@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any, Self
 
-from pydantic import Field
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from edgeserve.settings import ServiceSettings, default_state_dir
@@ -17,19 +18,42 @@ class GatewayConfig(ServiceSettings):
     http_port: int = Field(8000, ge=0, le=65535)
     grpc_port: int = Field(8001, ge=0, le=65535, description="gRPC with API keys")
     grpc_mtls_port: int | None = Field(
-        8002, ge=0, le=65535, description="gRPC for devices: TLS with client certificates"
+        8002,
+        ge=0,
+        le=65535,
+        description='gRPC for devices: TLS with client certificates; "off" = not served',
     )
     port_file: Path | None = Field(None, description="JSON of bound ports, written once ready")
     state_dir: Path = Field(default_factory=default_state_dir("gateway"))
     repository: Path | None = Field(None, description="model repository (default: state/models)")
     tenants_db: Path | None = Field(None, description="SQLite tenants (default: state/tenants.db)")
     pki_dir: Path | None = Field(None, description="CA and server cert (default: state/pki)")
+    # A real deployment brings its own server certificate and the CA that signs devices;
+    # without them the gateway makes (and renews) a dev PKI under pki_dir.
+    tls_cert: Path | None = Field(None, description="server certificate chain (PEM)")
+    tls_key: Path | None = Field(None, description="server private key (PEM)")
+    client_ca: Path | None = Field(None, description="CA that signs device certificates (PEM)")
     memory_budget_bytes: int = Field(2 << 30, ge=1 << 20)
     inference_threads: int = Field(2, ge=1)
     max_body_bytes: int = Field(16 << 20, ge=1024)
     preload: list[str] = Field(default_factory=list, description="models loaded at start")
     log_level: str = "INFO"
     log_format: str = "json"
+
+    @field_validator("grpc_mtls_port", mode="before")
+    @classmethod
+    def _port_or_off(cls, value: Any) -> Any:
+        # An environment variable cannot say None; "off" (or empty) can.
+        if isinstance(value, str) and value.strip().lower() in ("", "off", "none"):
+            return None
+        return value
+
+    @model_validator(mode="after")
+    def _tls_files_together(self) -> Self:
+        given = [self.tls_cert, self.tls_key, self.client_ca]
+        if any(given) and not all(given):
+            raise ValueError("tls_cert, tls_key and client_ca go together: give all three")
+        return self
 
     @property
     def repository_path(self) -> Path:

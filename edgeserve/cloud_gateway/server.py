@@ -70,6 +70,17 @@ def build_core(config: GatewayConfig, executor: ThreadPoolExecutor) -> GatewayCo
     return GatewayCore(repository, authenticator, metrics)
 
 
+def device_tls(config: GatewayConfig) -> tuple[bytes, bytes, bytes]:
+    """(client CA, server chain, server key) for the device port: the operator's files,
+    or a dev PKI made under ``pki_dir``."""
+    if config.tls_cert and config.tls_key and config.client_ca:
+        files = (config.client_ca, config.tls_cert, config.tls_key)
+    else:
+        pki = ensure_dev_pki(config.pki_path, devices=[])
+        files = (pki.ca.cert, pki.server.cert, pki.server.key)
+    return files[0].read_bytes(), files[1].read_bytes(), files[2].read_bytes()
+
+
 async def serve(config: GatewayConfig) -> None:
     executor = ThreadPoolExecutor(config.inference_threads, thread_name_prefix="inference")
     core = build_core(config, executor)
@@ -80,10 +91,8 @@ async def serve(config: GatewayConfig) -> None:
     servers = [grpc_plain]
     ports = {"http": http_socket.getsockname()[1], "grpc": grpc_port}
     if config.grpc_mtls_port is not None:
-        pki = ensure_dev_pki(config.pki_path, devices=[])
-        tls = (pki.ca.cert.read_bytes(), pki.server.cert.read_bytes(), pki.server.key.read_bytes())
         grpc_mtls, ports["grpc_mtls"] = create_grpc_server(
-            core, config.host, config.grpc_mtls_port, tls=tls
+            core, config.host, config.grpc_mtls_port, tls=device_tls(config)
         )
         servers.append(grpc_mtls)
     for server in servers:

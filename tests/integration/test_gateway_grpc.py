@@ -110,3 +110,43 @@ def test_mtls_port_refuses_a_client_without_certificate(gateway, digits):
     with channel, pytest.raises(grpc.RpcError) as error:
         stub.ServerLive(pb.ServerLiveRequest(), timeout=5)
     assert error.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_operator_tls_files_replace_the_dev_pki_on_the_device_port(tmp_path, start_gateway, digits):
+    # An operator's own CA and a server certificate for the gateway's real name.
+    own = ensure_dev_pki(tmp_path / "own-pki", devices=["device-9"], hostnames=["gw.example"])
+    gateway = start_gateway(
+        tenants={"fleet": {"kind": "device", "allowed_models": [MODEL]}},
+        tls_cert=str(own.server.cert),
+        tls_key=str(own.server.key),
+        client_ca=str(own.ca.cert),
+    )
+    store = TenantStore(gateway.state_dir / "tenants.db")
+    store.register_device("device-9", "fleet")
+    store.close()
+    cert, key = own.devices["device-9"]
+    credentials = grpc.ssl_channel_credentials(
+        own.ca.cert.read_bytes(), key.read_bytes(), cert.read_bytes()
+    )
+    options = [("grpc.ssl_target_name_override", "gw.example")]
+    target = f"127.0.0.1:{gateway.process.ports['grpc_mtls']}"
+    with grpc.secure_channel(target, credentials, options) as channel:
+        stub = pb_grpc.GRPCInferenceServiceStub(channel)
+        reply = stub.ModelInfer(_infer_proto(digits), timeout=10)
+    assert oip_grpc.response_from_proto(reply).parameters["tier"] == "cloud"
+    assert not (gateway.state_dir / "pki").exists()  # no dev PKI beside the operator's files
+
+
+def test_device_port_can_be_switched_off_from_the_environment():
+    from edgeserve.cloud_gateway.config import GatewayConfig
+
+    assert GatewayConfig(grpc_mtls_port="off").grpc_mtls_port is None
+
+
+def test_tls_files_are_all_or_none():
+    from pydantic import ValidationError
+
+    from edgeserve.cloud_gateway.config import GatewayConfig
+
+    with pytest.raises(ValidationError, match="go together"):
+        GatewayConfig(tls_cert="server.pem")
