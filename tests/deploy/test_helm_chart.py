@@ -254,6 +254,26 @@ def test_rendered_env_is_accepted_by_the_services_config(
     assert str(config.state_dir).startswith("/var/lib/edgeserve/")
 
 
+def test_gateway_device_tls_comes_from_the_operators_secret_mounted_read_only(
+    render: Render,
+) -> None:
+    pod = one(render(VALUE_SETS["everything"]), "Deployment", "gateway")["spec"]["template"]
+    gateway = pod["spec"]["containers"][0]
+    mount = next(m for m in gateway["volumeMounts"] if m["name"] == "tls")
+    volume = next(v for v in pod["spec"]["volumes"] if v["name"] == "tls")
+    files = {item["path"] for item in volume["secret"]["items"]}
+    env = env_of(gateway)
+    wanted = ("TLS_CERT", "TLS_KEY", "CLIENT_CA")
+    paths = [env[f"EDGESERVE_GATEWAY_{name}"] for name in wanted]
+    assert volume["secret"]["secretName"] == "gw-tls" and mount["readOnly"] is True
+    assert [p.rpartition("/") for p in paths] == [
+        (mount["mountPath"], "/", f) for f in ("tls.crt", "tls.key", "ca.crt")
+    ]
+    assert files == {"tls.crt", "tls.key", "ca.crt"}  # the kubernetes.io/tls (+ca.crt) layout
+    plain = one(render({}), "Deployment", "gateway")["spec"]["template"]["spec"]
+    assert not any(k.startswith("EDGESERVE_GATEWAY_TLS") for k in env_of(plain["containers"][0]))
+
+
 def test_every_container_runs_unprivileged_and_read_only(render: Render) -> None:
     manifests = render(VALUE_SETS["everything"])
     for workload, pod in pod_specs(manifests):
