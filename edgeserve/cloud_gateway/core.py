@@ -19,7 +19,7 @@ from edgeserve.cloud_gateway.repository.manager import LoadedVersion, ModelRepos
 from edgeserve.cloud_gateway.scheduler import RateLimit, TenantLimiter
 from edgeserve.cloud_gateway.tenancy import Authenticator, Principal
 from edgeserve.wire.confidence import top_class_confidence
-from edgeserve.wire.errors import InvalidInput, ModelNotFound, PermissionDenied
+from edgeserve.wire.errors import InvalidInput, ModelNotFound, PermissionDenied, RateLimited
 from edgeserve.wire.tensors import InferRequest, InferResponse, InferTensor
 from edgeserve.wire.validation import validate_inputs
 
@@ -160,8 +160,13 @@ class GatewayCore:
         # Limits change when an operator edits a tenant; set_limit ignores an unchanged one.
         limit = RateLimit(principal.rate_per_s, principal.burst, principal.max_in_flight)
         self.limiter.set_limit(principal.tenant, limit)
-        self.limiter.acquire(principal.tenant)
-        self.limiter.acquire_slot(principal.tenant)
+        try:
+            self.limiter.acquire(principal.tenant)
+            self.limiter.acquire_slot(principal.tenant)
+        except RateLimited as refused:
+            # The error counter says a 429 happened; this one says whose limit it was.
+            self.metrics.throttled.labels(principal.tenant, type(refused).__name__).inc()
+            raise
 
     def _response(
         self,

@@ -25,6 +25,13 @@ class GatewayMetrics:
             ["code", "protocol"],
             registry=self.registry,
         )
+        self.throttled = Counter(
+            "edgeserve_gateway_throttled",
+            "Requests refused by their tenant's limits (rate: RateLimited, in flight: "
+            "TooManyInFlight)",
+            ["tenant", "limit"],
+            registry=self.registry,
+        )
         self.latency = Histogram(
             "edgeserve_gateway_request_seconds",
             "End-to-end latency inside the gateway",

@@ -72,6 +72,7 @@ class SyncCore:
     def tick(self) -> None:
         self._send(issue_assignments(self.ctx, self.controller.tick()))
         self.metrics.set_rollout_states(Counter(row.state for row in self.registry.rollouts()))
+        self.metrics.devices_online.set(self.registry.count_online())
         now = time.monotonic()
         if now - self._last_refresh >= REFRESH_EVERY_S:
             self._last_refresh = now

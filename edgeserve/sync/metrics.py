@@ -52,6 +52,11 @@ class SyncMetrics:
             ["state"],
             registry=self.registry,
         )
+        self.devices_online = Gauge(
+            "edgeserve_sync_devices_online",
+            "Devices whose last status (or last will) said online",
+            registry=self.registry,
+        )
         self.mqtt_dropped = Gauge(
             "edgeserve_sync_mqtt_dropped",
             "Messages dropped because the receive queue was full",

@@ -37,50 +37,115 @@ from edgeserve.wire.sync_messages import DesiredState, DeviceStatus, ReportedSta
 _TABLES: dict[str, tuple[dict[str, Any], tuple[str, ...], dict[str, Any]]] = {
     # name: (columns, primary key, defaults)
     "versions": (
-        {"model": str, "version": str, "sha256": str, "size": int, "format": str,
-         "card": str, "created": float},
-        ("model", "version"), {},
+        {
+            "model": str,
+            "version": str,
+            "sha256": str,
+            "size": int,
+            "format": str,
+            "card": str,
+            "created": float,
+        },
+        ("model", "version"),
+        {},
     ),
     "devices": (
-        {"device_id": str, "device_group": str, "labels": str, "agent_version": str,
-         "online": int, "last_seen": float, "running": str, "desired_revision": int},
+        {
+            "device_id": str,
+            "device_group": str,
+            "labels": str,
+            "agent_version": str,
+            "online": int,
+            "last_seen": float,
+            "running": str,
+            "desired_revision": int,
+        },
         ("device_id",),
-        {"device_group": "default", "labels": "{}", "agent_version": "", "online": 0,
-         "last_seen": 0.0, "running": "{}", "desired_revision": -1},
+        {
+            "device_group": "default",
+            "labels": "{}",
+            "agent_version": "",
+            "online": 0,
+            "last_seen": 0.0,
+            "running": "{}",
+            "desired_revision": -1,
+        },
     ),
     "desired": ({"device_id": str, "revision": int, "state": str}, ("device_id",), {}),
     "issues": (
-        {"device_id": str, "update_id": str, "model": str, "version": str,
-         "payload_sha256": str, "chunk_count": int, "created": float},
-        ("device_id", "update_id"), {},
+        {
+            "device_id": str,
+            "update_id": str,
+            "model": str,
+            "version": str,
+            "payload_sha256": str,
+            "chunk_count": int,
+            "created": float,
+        },
+        ("device_id", "update_id"),
+        {},
     ),
     "rollouts": (
-        {"id": int, "model": str, "version": str, "target_group": str, "spec": str,
-         "state": str, "stage": int, "stage_started": float, "created": float,
-         "updated": float, "reason": str},
-        ("id",), {"reason": ""},
+        {
+            "id": int,
+            "model": str,
+            "version": str,
+            "target_group": str,
+            "spec": str,
+            "state": str,
+            "stage": int,
+            "stage_started": float,
+            "created": float,
+            "updated": float,
+            "reason": str,
+        },
+        ("id",),
+        {"reason": ""},
     ),
     "rollout_devices": (
-        {"rollout_id": int, "device_id": str, "stage": int, "from_version": str,
-         "state": str, "reason": str, "updated": float},
-        ("rollout_id", "device_id"), {"reason": ""},
+        {
+            "rollout_id": int,
+            "device_id": str,
+            "stage": int,
+            "from_version": str,
+            "state": str,
+            "reason": str,
+            "updated": float,
+        },
+        ("rollout_id", "device_id"),
+        {"reason": ""},
     ),
     "telemetry_requests": (
-        {"device_id": str, "seq": int, "model": str, "version": str, "ts": float,
-         "latency_ms": float, "rows": int, "confidence": float, "tier": str,
-         "escalated": int, "degraded": int, "cache_hit": int, "agreement": float,
-         "error": str},
-        ("device_id", "seq"), {},
+        {
+            "device_id": str,
+            "seq": int,
+            "model": str,
+            "version": str,
+            "ts": float,
+            "latency_ms": float,
+            "rows": int,
+            "confidence": float,
+            "tier": str,
+            "escalated": int,
+            "degraded": int,
+            "cache_hit": int,
+            "agreement": float,
+            "error": str,
+        },
+        ("device_id", "seq"),
+        {},
     ),
     "telemetry_other": (
         {"device_id": str, "seq": int, "kind": str, "ts": float, "data": str},
-        ("device_id", "seq"), {},
+        ("device_id", "seq"),
+        {},
     ),
     "telemetry_cursor": (
         # dropped_at_ack: the device's drop counter when we last moved acked_seq, so a
         # gap can be matched against the drops reported since (see ingest.py).
         {"device_id": str, "acked_seq": int, "dropped": int, "dropped_at_ack": int},
-        ("device_id",), {"acked_seq": 0, "dropped": 0, "dropped_at_ack": 0},
+        ("device_id",),
+        {"acked_seq": 0, "dropped": 0, "dropped_at_ack": 0},
     ),
 }
 _INDEXES = {
@@ -104,8 +169,11 @@ class Registry:
         self.db.execute("PRAGMA synchronous=FULL")
         for name, (columns, pk, defaults) in _TABLES.items():
             self._table(name).create(
-                columns, pk=pk[0] if len(pk) == 1 else pk, defaults=defaults or None,
-                not_null=set(pk), if_not_exists=True,
+                columns,
+                pk=pk[0] if len(pk) == 1 else pk,
+                defaults=defaults or None,
+                not_null=set(pk),
+                if_not_exists=True,
             )
         for name, indexes in _INDEXES.items():
             for indexed in indexes:
@@ -135,9 +203,15 @@ class Registry:
         """Register a version; adding the same one again keeps the first row."""
         version_key(card.version)  # refuses (InvalidInput) a version that cannot be ordered
         self._table("versions").insert(
-            {"model": card.name, "version": card.version, "sha256": artifact_sha256,
-             "size": card.size_bytes, "format": card.format,
-             "card": card.model_dump_json(exclude_none=True), "created": self.clock()},
+            {
+                "model": card.name,
+                "version": card.version,
+                "sha256": artifact_sha256,
+                "size": card.size_bytes,
+                "format": card.format,
+                "card": card.model_dump_json(exclude_none=True),
+                "created": self.clock(),
+            },
             ignore=True,
         )
 
@@ -163,11 +237,14 @@ class Registry:
     def record_reported(self, reported: ReportedState) -> None:
         running = {name: model.model_dump() for name, model in reported.models.items()}
         self._upsert_device(
-            {"device_id": reported.device_id, "device_group": reported.group,
-             "labels": json.dumps(reported.labels, sort_keys=True),
-             "agent_version": reported.agent_version,
-             "running": json.dumps(running, sort_keys=True),
-             "desired_revision": reported.desired_revision},
+            {
+                "device_id": reported.device_id,
+                "device_group": reported.group,
+                "labels": json.dumps(reported.labels, sort_keys=True),
+                "agent_version": reported.agent_version,
+                "running": json.dumps(running, sort_keys=True),
+                "desired_revision": reported.desired_revision,
+            },
             reported.ts,
         )
 
@@ -182,6 +259,10 @@ class Registry:
             rows = self._where("devices", "device_group = ?", [group], order="device_id")
         return [_device_row(row) for row in rows]
 
+    def count_online(self) -> int:
+        row = self.conn.execute("SELECT count(*) FROM devices WHERE online = 1").fetchone()
+        return int(row[0])
+
     # -- desired state ----------------------------------------------------------------
     def next_desired_revision(self, device_id: str) -> int:
         """One past both our last revision and the one the device says it applied."""
@@ -193,8 +274,11 @@ class Registry:
 
     def save_desired(self, state: DesiredState) -> None:
         self._table("desired").upsert(
-            {"device_id": state.device_id, "revision": state.revision,
-             "state": state.model_dump_json(by_alias=True)},
+            {
+                "device_id": state.device_id,
+                "revision": state.revision,
+                "state": state.model_dump_json(by_alias=True),
+            },
             pk="device_id",
         )
 
@@ -208,13 +292,24 @@ class Registry:
 
     # -- issued payloads --------------------------------------------------------------
     def record_issue(
-        self, device_id: str, model: str, version: str, update_id: str,
-        payload_sha256: str, chunk_count: int,
+        self,
+        device_id: str,
+        model: str,
+        version: str,
+        update_id: str,
+        payload_sha256: str,
+        chunk_count: int,
     ) -> None:
         self._table("issues").upsert(
-            {"device_id": device_id, "update_id": update_id, "model": model,
-             "version": version, "payload_sha256": payload_sha256,
-             "chunk_count": chunk_count, "created": self.clock()},
+            {
+                "device_id": device_id,
+                "update_id": update_id,
+                "model": model,
+                "version": version,
+                "payload_sha256": payload_sha256,
+                "chunk_count": chunk_count,
+                "created": self.clock(),
+            },
             pk=("device_id", "update_id"),
         )
 
@@ -224,7 +319,11 @@ class Registry:
 
     # -- rollouts (the controller's storage; see rollout.py for the logic) --------------
     def create_rollout(
-        self, model: str, version: str, group: str | None, spec: dict[str, Any],
+        self,
+        model: str,
+        version: str,
+        group: str | None,
+        spec: dict[str, Any],
         devices: Iterable[tuple[str, int, str | None, DeviceRolloutState]],
         now: float | None = None,
     ) -> int:
@@ -259,8 +358,13 @@ class Registry:
         return [_rollout_row(row) for row in rows]
 
     def update_rollout(
-        self, rollout_id: int, *, state: RolloutState | None = None,
-        stage: int | None = None, reason: str | None = None, now: float | None = None,
+        self,
+        rollout_id: int,
+        *,
+        state: RolloutState | None = None,
+        stage: int | None = None,
+        reason: str | None = None,
+        now: float | None = None,
     ) -> None:
         """Change a rollout; a new ``stage`` restarts its soak timer."""
         now = self.clock() if now is None else now
@@ -278,8 +382,13 @@ class Registry:
         return [RolloutDeviceRow(**row) for row in rows]
 
     def set_rollout_device(
-        self, rollout_id: int, device_id: str, state: DeviceRolloutState, reason: str = "",
-        from_version: str | None = None, now: float | None = None,
+        self,
+        rollout_id: int,
+        device_id: str,
+        state: DeviceRolloutState,
+        reason: str = "",
+        from_version: str | None = None,
+        now: float | None = None,
     ) -> None:
         """Move one device of a rollout; ``from_version`` is refreshed when given."""
         now = self.clock() if now is None else now
@@ -323,8 +432,12 @@ class Registry:
 
 def _version_row(row: dict[str, Any]) -> VersionRow:
     return VersionRow(
-        model=row["model"], version=row["version"], sha256=row["sha256"], size=row["size"],
-        format=row["format"], card=ModelCard.model_validate_json(row["card"]),
+        model=row["model"],
+        version=row["version"],
+        sha256=row["sha256"],
+        size=row["size"],
+        format=row["format"],
+        card=ModelCard.model_validate_json(row["card"]),
         created=row["created"],
     )
 
@@ -335,16 +448,28 @@ def _device_row(row: dict[str, Any]) -> DeviceRow:
         for name, model in json.loads(row["running"]).items()
     }
     return DeviceRow(
-        device_id=row["device_id"], group=row["device_group"], labels=json.loads(row["labels"]),
-        agent_version=row["agent_version"], online=bool(row["online"]),
-        last_seen=row["last_seen"], running=running, desired_revision=row["desired_revision"],
+        device_id=row["device_id"],
+        group=row["device_group"],
+        labels=json.loads(row["labels"]),
+        agent_version=row["agent_version"],
+        online=bool(row["online"]),
+        last_seen=row["last_seen"],
+        running=running,
+        desired_revision=row["desired_revision"],
     )
 
 
 def _rollout_row(row: dict[str, Any]) -> RolloutRow:
     return RolloutRow(
-        id=row["id"], model=row["model"], version=row["version"], group=row["target_group"],
-        spec=json.loads(row["spec"]), state=row["state"], stage=row["stage"],
-        stage_started=row["stage_started"], created=row["created"], updated=row["updated"],
+        id=row["id"],
+        model=row["model"],
+        version=row["version"],
+        group=row["target_group"],
+        spec=json.loads(row["spec"]),
+        state=row["state"],
+        stage=row["stage"],
+        stage_started=row["stage_started"],
+        created=row["created"],
+        updated=row["updated"],
         reason=row["reason"],
     )

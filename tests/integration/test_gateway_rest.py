@@ -124,6 +124,24 @@ def test_rate_limit_gives_429_with_retry_after(start_gateway, digits):
     assert int(replies[-1].headers["Retry-After"]) >= 1
 
 
+def test_throttled_requests_are_counted_against_their_tenant(start_gateway, digits):
+    gateway = start_gateway(
+        tenants={"slow": {"rate_per_s": 0.5, "burst": 1}, "other": {"rate_per_s": 1000}}
+    )
+    codes = [_infer(gateway, "slow", _body(digits[0][:1])).status_code for _ in range(3)]
+    _infer(gateway, "other", _body(digits[0][:1]))
+    metrics = httpx.get(f"{gateway.http}/metrics").text
+    refused = codes.count(429)
+    assert refused >= 1
+    assert (
+        f'edgeserve_gateway_throttled_total{{limit="RateLimited",tenant="slow"}} {refused:.1f}'
+        in (metrics)
+    )
+    assert 'tenant="other"' not in "".join(
+        line for line in metrics.splitlines() if line.startswith("edgeserve_gateway_throttled")
+    )
+
+
 def test_concurrent_requests_are_batched_and_results_match_unbatched(gateway, digits):
     x, _ = digits
     alone = [
@@ -178,10 +196,12 @@ def test_non_admin_tenant_may_not_unload(gateway):
 
 
 def test_a_flooding_tenant_is_throttled_while_another_is_served(start_gateway, digits):
-    gateway = start_gateway(tenants={
-        "flood": {"rate_per_s": 2, "burst": 5, "max_in_flight": 8},
-        "quiet": {"rate_per_s": 1000, "burst": 1000},
-    })
+    gateway = start_gateway(
+        tenants={
+            "flood": {"rate_per_s": 2, "burst": 5, "max_in_flight": 8},
+            "quiet": {"rate_per_s": 1000, "burst": 1000},
+        }
+    )
     body = _body(digits[0][:1])
     with concurrent.futures.ThreadPoolExecutor(16) as pool:
         flood = [pool.submit(_infer, gateway, "flood", body) for _ in range(200)]

@@ -13,8 +13,12 @@ from edgeserve.wire.sync_messages import DesiredState, DeviceStatus, ReportedSta
 
 def card(version: str, name: str = "digits-edge") -> ModelCard:
     return ModelCard(
-        name=name, version=version, format="onnx", file="model.onnx",
-        sha256=f"{version:0>64}", size_bytes=1234,
+        name=name,
+        version=version,
+        format="onnx",
+        file="model.onnx",
+        sha256=f"{version:0>64}",
+        size_bytes=1234,
         inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 64])],
         outputs=[TensorSpec(name="logits", datatype="FP32", shape=[-1, 10])],
     )
@@ -22,10 +26,15 @@ def card(version: str, name: str = "digits-edge") -> ModelCard:
 
 def reported(device_id: str, group: str = "default", ts: float = 0.0, **models: str):
     return ReportedState(
-        device_id=device_id, group=group, agent_version="0.1.0", labels={"site": "lab"},
+        device_id=device_id,
+        group=group,
+        agent_version="0.1.0",
+        labels={"site": "lab"},
         desired_revision=3,
-        models={name: RunningModel(version=v, sha256="a" * 64, slot="slot-a")
-                for name, v in models.items()},
+        models={
+            name: RunningModel(version=v, sha256="a" * 64, slot="slot-a")
+            for name, v in models.items()
+        },
         ts=ts,
     )
 
@@ -81,6 +90,14 @@ def test_status_of_a_new_device_creates_it_with_defaults(registry: Registry):
     device = registry.device("dev-9")
     assert device is not None and device.online and device.group == "default"
     assert device.running == {} and device.agent_version == "0.2"
+
+
+def test_online_devices_are_counted_from_their_last_status(registry: Registry):
+    assert registry.count_online() == 0
+    for device in ("dev-1", "dev-2", "dev-3"):
+        registry.record_status(DeviceStatus(device_id=device, online=True))
+    registry.record_status(DeviceStatus(device_id="dev-2", online=False))  # its last will
+    assert registry.count_online() == 2
 
 
 def test_last_seen_never_moves_backwards(registry: Registry):
