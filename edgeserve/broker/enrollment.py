@@ -3,10 +3,12 @@
 ``BrokerSetup.create`` makes (or completes) a folder holding the Mosquitto config, the
 ACL file, the password file, one client certificate per user, and — for the demo and
 the tests only — each user's plaintext password in a 0600 file under ``credentials/``.
-In production the password is handed to the device at enrollment and nothing but its
-hash stays on the broker host. Device ids are checked with the topic tree's own rule
-(one topic level, no wildcards) before they reach a certificate, a file name or an ACL
-pattern. Adding a device reloads any broker started from this setup.
+In production a device enrolls with ``enroll``: it sends a certificate signing request
+(its private key never leaves it), gets back a certificate signed by the CA and a fresh
+password, and nothing but the password's hash stays on the broker host. Device ids are
+checked with the topic tree's own rule (one topic level, no wildcards) before they reach
+a certificate, a file name or an ACL pattern. Adding a device reloads any broker started
+from this setup.
 """
 
 from __future__ import annotations
@@ -22,9 +24,9 @@ from typing import Protocol
 from edgeserve.broker import passwords
 from edgeserve.broker.acl import SERVICE_USER, render_acl
 from edgeserve.broker.config import MosquittoConfig, render_mosquitto_conf
-from edgeserve.durable import write_private
+from edgeserve.durable import write_atomic, write_private
 from edgeserve.mqtt import BrokerAddress
-from edgeserve.security.pki import CertPaths, DevPki, issue_client_cert
+from edgeserve.security.pki import CertPaths, DevPki, issue_client_cert, sign_device_csr
 from edgeserve.wire.errors import InvalidInput, ModelNotFound
 from edgeserve.wire.topics import check_device_id
 
@@ -33,6 +35,17 @@ from edgeserve.wire.topics import check_device_id
 class BrokerCredentials:
     username: str
     password: str
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceEnrollment:
+    """What the operator hands an enrolling device: its certificate, the CA that signed
+    it (and the broker's certificate) and its broker login."""
+
+    device_id: str
+    certificate_pem: bytes
+    ca_pem: bytes
+    credentials: BrokerCredentials
 
 
 class Reloadable(Protocol):
@@ -82,6 +95,11 @@ class BrokerSetup:
     @property
     def credentials_dir(self) -> Path:
         return self.directory / "credentials"
+
+    @property
+    def enrolled_dir(self) -> Path:
+        """The certificates issued by ``enroll`` (public: kept for the operator's records)."""
+        return self.directory / "enrolled"
 
     # -- creating and reopening --------------------------------------------------------
 
@@ -138,6 +156,31 @@ class BrokerSetup:
         for broker in self._brokers:
             broker.reload()
         return self.credentials(device_id)
+
+    def enroll(self, device_id: str, csr_pem: bytes) -> DeviceEnrollment:
+        """Sign ``device_id``'s certificate request and give it a fresh broker password.
+
+        The request must carry the device id as its CN and verify with its own key
+        (``CsrInvalid``, ``IdentityMismatch`` otherwise). Unlike ``add_device`` no
+        plaintext password stays here: it travels in the returned enrollment only. The
+        ACL needs no change (its patterns are per user); running brokers reload.
+        """
+        self._check_username(device_id)
+        if device_id in self.service_users:
+            raise InvalidInput(f"{device_id!r} is a service user, not a device")
+        certificate = sign_device_csr(self.pki.ca, csr_pem, device_id)
+        password = passwords.generate_password()
+        entries = passwords.read_password_file(self.password_file)
+        entries[device_id] = passwords.hash_password(password)
+        passwords.write_password_file(self.password_file, entries)
+        # A plaintext kept by an earlier add_device would now be a stale password.
+        self._credential_path(device_id).unlink(missing_ok=True)
+        self.enrolled_dir.mkdir(mode=0o700, exist_ok=True)
+        write_atomic(self.enrolled_dir / f"{device_id}.pem", certificate)
+        for broker in self._brokers:
+            broker.reload()
+        credentials = BrokerCredentials(device_id, password)
+        return DeviceEnrollment(device_id, certificate, self.pki.ca.cert.read_bytes(), credentials)
 
     def users(self) -> list[str]:
         return sorted(passwords.read_password_file(self.password_file))

@@ -7,6 +7,7 @@ from typing import Annotated
 
 import typer
 
+from edgeserve.cli import enroll
 from edgeserve.cli.bench import bench_app
 from edgeserve.cli.fleet import fleet_app
 from edgeserve.cli.gateway import gateway_app
@@ -51,6 +52,11 @@ def agent_run(config: ConfigOption = None, port_file: PortFileOption = None) -> 
 
     overrides = {"port_file": port_file} if port_file else {}
     run_agent(load_settings(AgentConfig, config, **overrides))
+
+
+agent_app.command("enroll-request")(enroll.enroll_request)
+agent_app.command("enroll-accept")(enroll.enroll_accept)
+fleet_app.command("enroll")(enroll.fleet_enroll)
 
 
 @models_app.command("build")

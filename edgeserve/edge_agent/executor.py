@@ -36,5 +36,10 @@ class BoundedExecutor:
         finally:
             self._pending -= 1
 
+    async def run_unbounded(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the workers outside the pending bound: for health probes, which
+        must see a wedged worker, not a full queue."""
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

@@ -1,5 +1,7 @@
 """The agent daemon: load models, bind sockets, serve until SIGTERM, shut down in stages.
 
+Under systemd (``Type=notify``) it sends READY=1 once the port accepts connections,
+watchdog keep-alives while healthy, and STOPPING=1 when it starts to drain.
 uvicorn installs the signal handlers (first SIGTERM/SIGINT drains, a second forces);
 after it returns we say goodbye to the fleet broker (if sync is on), flush buffered
 telemetry to the outbox, stop the inference threads and release the model sessions.
@@ -28,6 +30,13 @@ from edgeserve.edge_agent.outbox import Outbox
 from edgeserve.edge_agent.recorder import TelemetryRecorder
 from edgeserve.edge_agent.router import Router
 from edgeserve.edge_agent.runtimes import RuntimeOptions
+from edgeserve.edge_agent.systemd import (
+    Notifier,
+    Watchdog,
+    agent_health_check,
+    inference_probe,
+    watchdog_interval,
+)
 from edgeserve.logs import configure_logging
 from edgeserve.serving import write_port_file
 
@@ -38,17 +47,38 @@ log = logging.getLogger(__name__)
 
 
 class _AgentServer(uvicorn.Server):
-    """A uvicorn server that announces its bound port once it accepts connections."""
+    """A uvicorn server that announces itself once it accepts connections: the port file
+    for supervisors that poll, READY=1 and the watchdog for systemd."""
 
-    def __init__(self, config: uvicorn.Config, port_file: Path | None, port: int) -> None:
+    def __init__(
+        self,
+        config: uvicorn.Config,
+        port_file: Path | None,
+        port: int,
+        notifier: Notifier,
+        watchdog: Watchdog | None,
+        ready_status: str,
+    ) -> None:
         super().__init__(config)
         self._port_file = port_file
         self._port = port
+        self._notifier = notifier
+        self._watchdog = watchdog
+        self._ready_status = ready_status
 
     async def startup(self, sockets: list[socket.socket] | None = None) -> None:
         await super().startup(sockets)
         write_port_file(self._port_file, self._port)
+        self._notifier.ready(self._ready_status)
+        if self._watchdog is not None:
+            self._watchdog.start()
         log.info("agent listening", extra={"port": self._port})
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        self._notifier.stopping("draining requests")
+        if self._watchdog is not None:
+            await self._watchdog.stop()
+        await super().shutdown(sockets)
 
 
 def bind_sockets(config: AgentConfig) -> list[socket.socket]:
@@ -158,7 +188,21 @@ def build_sync(
     return SyncClient(broker_address(config), context, uploader)
 
 
-async def _serve(config: AgentConfig, core: AgentCore, sockets: list[socket.socket]) -> None:
+def build_watchdog(
+    notifier: Notifier, core: AgentCore, executor: BoundedExecutor
+) -> Watchdog | None:
+    """The systemd watchdog, when systemd asked for one (``WatchdogSec=``) and listens."""
+    interval_s = watchdog_interval()
+    if interval_s is None or not notifier.enabled:
+        return None
+    # Half an interval for the probe keeps the gap between pings under WatchdogSec.
+    probe = inference_probe(executor, timeout_s=interval_s / 2)
+    return Watchdog(notifier, interval_s, agent_health_check(core, probe))
+
+
+async def _serve(
+    config: AgentConfig, core: AgentCore, sockets: list[socket.socket], notifier: Notifier
+) -> None:
     executor = BoundedExecutor(config.inference_workers, config.max_pending)
     outbox = Outbox(config.state_dir / "outbox.db", config.outbox_max_bytes)
     core.metrics.sync.watch_outbox(outbox.count, outbox.dropped_total)
@@ -175,7 +219,15 @@ async def _serve(config: AgentConfig, core: AgentCore, sockets: list[socket.sock
         lifespan="off",
         timeout_graceful_shutdown=10,
     )
-    server = _AgentServer(server_config, config.port_file, sockets[0].getsockname()[1])
+    port = sockets[0].getsockname()[1]
+    server = _AgentServer(
+        server_config,
+        config.port_file,
+        port,
+        notifier,
+        build_watchdog(notifier, core, executor),
+        f"serving on {config.host}:{port}; models: {_model_list(core)}",
+    )
     try:
         await server.serve(sockets=sockets)
     finally:
@@ -190,17 +242,25 @@ async def _serve(config: AgentConfig, core: AgentCore, sockets: list[socket.sock
 def run_agent(config: AgentConfig) -> None:
     """Run the agent in the foreground until it is asked to stop."""
     configure_logging(config.log_level, config.log_format)
+    notifier = Notifier.from_environment()
+    notifier.status("loading models")
     core = AgentCore.from_config(config)
     core.start()
     sockets = bind_sockets(config)
     try:
         with _absorb_reraised_signals():
-            asyncio.run(_serve(config, core, sockets))
+            asyncio.run(_serve(config, core, sockets, notifier))
     finally:
+        notifier.status("closing model sessions")
+        notifier.close()
         core.close()
         if config.unix_socket is not None:
             config.unix_socket.unlink(missing_ok=True)
         log.info("agent stopped")
+
+
+def _model_list(core: AgentCore) -> str:
+    return ", ".join(core.model_names()) or "none"
 
 
 @contextlib.contextmanager

@@ -5,6 +5,15 @@ Keys are ECDSA P-256 and signatures SHA-256, which every TLS stack we meet accep
 is its client certificate's common name. Everything is generated at setup into a state
 folder — private keys with mode 0600 — and never committed; ``ensure_dev_pki`` creates
 only what is missing, expiring or no longer signed by the CA on disk.
+
+Enrollment keeps a device's private key on the device: it sends a certificate signing
+request whose CN is its id, and ``sign_device_csr`` checks the request's
+self-signature and CN before the CA signs it. Errors::
+
+    InvalidInput
+    └── EnrollmentError          a request, certificate or bundle that must not be used
+        ├── CsrInvalid           not a P-256 CSR, or its self-signature does not verify
+        └── IdentityMismatch     it names another device than the one expected
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edgeserve.durable import write_atomic
+from edgeserve.wire.errors import InvalidInput
 
 CA_VALIDITY = dt.timedelta(days=5 * 365)
 LEAF_VALIDITY = dt.timedelta(days=365)
@@ -32,6 +42,18 @@ LEAF_VALIDITY = dt.timedelta(days=365)
 RENEW_BEFORE = dt.timedelta(days=7)
 _CLOCK_SKEW = dt.timedelta(minutes=5)
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
+
+
+class EnrollmentError(InvalidInput):
+    """A request, certificate or bundle that must not be used (see the module docstring)."""
+
+
+class CsrInvalid(EnrollmentError):
+    """Not a certificate signing request we sign, or its self-signature does not verify."""
+
+
+class IdentityMismatch(EnrollmentError):
+    """The request, certificate or bundle names another device than the one expected."""
 
 
 class CertPaths(NamedTuple):
@@ -93,6 +115,47 @@ def issue_server_cert(
 def issue_client_cert(ca: CertPaths, directory: Path, common_name: str) -> CertPaths:
     """``<common_name>.pem``/``.key`` for a device; its CN is the device id the gateway sees."""
     return _issue(ca, directory, common_name, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+
+
+def sign_device_csr(ca: CertPaths, csr_pem: bytes, device_id: str) -> bytes:
+    """A client certificate (PEM) for the key in ``csr_pem``, signed by ``ca``, once the
+    request proves it holds that key and its CN is ``device_id``."""
+    _check_name(device_id)
+    csr = load_device_csr(csr_pem)
+    requested = csr_common_name(csr)
+    if requested != device_id:
+        raise IdentityMismatch(
+            f"the request is for device {requested!r}, not {device_id!r}: refusing to sign"
+        )
+    public_key = csr.public_key()
+    assert isinstance(public_key, ec.EllipticCurvePublicKey)  # load_device_csr checked it
+    ca_cert, ca_key = _load_cert(ca.cert), _load_key(ca.key)
+    builder = _leaf_builder(ca_cert, device_id, public_key, ExtendedKeyUsageOID.CLIENT_AUTH)
+    return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def load_device_csr(csr_pem: bytes) -> x509.CertificateSigningRequest:
+    """Parse a device's request; ``CsrInvalid`` unless it is a P-256 key that signed it."""
+    try:
+        csr = x509.load_pem_x509_csr(csr_pem)
+    except ValueError as exc:
+        raise CsrInvalid(f"not a PEM certificate signing request: {exc}") from exc
+    key = csr.public_key()
+    if not isinstance(key, ec.EllipticCurvePublicKey) or key.curve.name != "secp256r1":
+        raise CsrInvalid("the request's key is not an EC P-256 key")
+    if not csr.is_signature_valid:
+        raise CsrInvalid("the request's self-signature does not verify (altered in transit?)")
+    return csr
+
+
+def csr_common_name(csr: x509.CertificateSigningRequest) -> str:
+    """The one CN of a request's subject (``CsrInvalid`` for none or several)."""
+    names = csr.subject.get_attributes_for_oid(NameOID.COMMON_NAME)
+    if len(names) != 1 or len(csr.subject) != 1:
+        raise CsrInvalid(
+            f"the request's subject must be one CN, not {csr.subject.rfc4514_string()!r}"
+        )
+    return str(names[0].value)
 
 
 def ensure_dev_pki(
@@ -161,29 +224,38 @@ def _issue(
     _check_name(file_stem)
     ca_cert, ca_key = _load_cert(ca.cert), _load_key(ca.key)
     key = ec.generate_private_key(ec.SECP256R1())
+    builder = _leaf_builder(ca_cert, common_name, key.public_key(), usage)
+    if sans:
+        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
+    paths = CertPaths(directory / f"{file_stem}.pem", directory / f"{file_stem}.key")
+    _write_pair(paths, builder.sign(ca_key, hashes.SHA256()), key)
+    return paths
+
+
+def _leaf_builder(
+    ca_cert: x509.Certificate,
+    common_name: str,
+    public_key: ec.EllipticCurvePublicKey,
+    usage: x509.ObjectIdentifier,
+) -> x509.CertificateBuilder:
     now = _now()
     ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
-    builder = (
+    return (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)]))
         .issuer_name(ca_cert.subject)
-        .public_key(key.public_key())
+        .public_key(public_key)
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - _CLOCK_SKEW)
         .not_valid_after(min(now + LEAF_VALIDITY, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)
-        .add_extension(x509.SubjectKeyIdentifier.from_public_key(key.public_key()), False)
+        .add_extension(x509.SubjectKeyIdentifier.from_public_key(public_key), False)
         .add_extension(
             x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ski), critical=False
         )
     )
-    if sans:
-        builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
-    paths = CertPaths(directory / f"{file_stem}.pem", directory / f"{file_stem}.key")
-    _write_pair(paths, builder.sign(ca_key, hashes.SHA256()), key)
-    return paths
 
 
 def _check_name(name: str) -> None:
