@@ -31,11 +31,20 @@ class OipError(Exception):
 
 class OipHttpClient:
     def __init__(
-        self, base_url: str, timeout: float = 10.0, headers: dict[str, str] | None = None
+        self,
+        base_url: str,
+        timeout: float = 10.0,
+        headers: dict[str, str] | None = None,
+        unix_socket: str | None = None,
     ) -> None:
-        # httpx writes headers and body separately; without TCP_NODELAY, Nagle's
-        # algorithm meets the server's delayed ACK and every request waits ~40 ms.
-        transport = httpx.HTTPTransport(socket_options=[NODELAY])
+        """``unix_socket``: talk to an agent over its unix socket (``base_url`` then only
+        names the host in requests) — it answers there whatever the network does."""
+        if unix_socket is not None:
+            transport = httpx.HTTPTransport(uds=unix_socket)
+        else:
+            # httpx writes headers and body separately; without TCP_NODELAY, Nagle's
+            # algorithm meets the server's delayed ACK and every request waits ~40 ms.
+            transport = httpx.HTTPTransport(socket_options=[NODELAY])
         self._http = httpx.Client(
             base_url=base_url, timeout=timeout, transport=transport, headers=headers
         )

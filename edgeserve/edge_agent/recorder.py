@@ -5,7 +5,7 @@ recorder keeps records in memory and appends them to the outbox in one transacti
 every ``flush_interval_s`` or ``flush_records`` records, on a worker thread so neither
 the request nor the event loop waits for the disk. A crash loses at most one interval of
 records; a full buffer (the disk cannot keep up) drops new records and counts them
-rather than growing memory without end.
+rather than growing memory without end, and so does a write that fails (a full disk).
 """
 
 from __future__ import annotations
@@ -89,9 +89,7 @@ class TelemetryRecorder:
         called on the event loop, never blocks."""
         buffer = self._buffer
         if len(buffer) >= self.max_buffered:
-            self.dropped += 1
-            if self.metrics is not None:
-                self.metrics.records_dropped.inc()
+            self._count_dropped(1)
             return
         buffer.append((kind, record))
         if len(buffer) == self.flush_records:
@@ -117,9 +115,17 @@ class TelemetryRecorder:
             try:
                 await asyncio.to_thread(self._write, batch)
             except Exception:
+                # A full or failing disk: the batch is lost, so count it as dropped —
+                # loss must be visible, and the request path must not notice.
                 log.exception("telemetry flush failed", extra={"records": len(batch)})
+                self._count_dropped(len(batch))
                 return 0
             return len(batch)
+
+    def _count_dropped(self, records: int) -> None:
+        self.dropped += records
+        if self.metrics is not None:
+            self.metrics.records_dropped.inc(records)
 
     async def close(self) -> None:
         """Stop the background flusher and write what is left."""

@@ -12,6 +12,12 @@ methods, apply to existing and new connections alike:
   soon as they are accepted.
 - ``drop_after(n)``: reset a connection once it has forwarded ``n`` bytes in total
   (both directions, counted from the connection's start).
+- ``blackhole()``: accept connections and discard every byte both ways, as a link that
+  loses every packet; lifting it resets the connections that lost bytes (their streams
+  are broken, as TCP would find after its retransmissions gave up).
+- ``loss(fraction, seed)``: reset each new connection with probability ``fraction``
+  (a seeded RNG, so a run can be repeated); TCP hides single lost packets as latency,
+  so a lossy link shows up to an application as connections that break.
 
 Async code uses ``await start()`` / ``await stop()`` (or ``async with``); sync tests use
 ``with FaultProxy(...).run_in_thread() as proxy:``, which runs it on its own event loop
@@ -22,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 import socket
 import struct
 import threading
@@ -42,6 +49,7 @@ class FaultMode(StrEnum):
     PASS = "pass"
     STALL = "stall"
     RESET = "reset"
+    BLACKHOLE = "blackhole"
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +57,7 @@ class Fault:
     mode: FaultMode = FaultMode.PASS
     delay_s: float = 0.0
     drop_after_bytes: int | None = None
+    loss: float = 0.0  # share of new connections reset on accept
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,6 +67,7 @@ class ProxyStats:
     bytes_to_upstream: int
     bytes_to_client: int
     resets: int
+    bytes_discarded: int = 0
 
 
 class _Connection:
@@ -68,6 +78,7 @@ class _Connection:
         self.client: asyncio.StreamWriter | None = None
         self.upstream: asyncio.StreamWriter | None = None
         self.forwarded = 0
+        self.lost = False  # bytes were discarded by a blackhole: the stream is broken
         self.task: asyncio.Task[None] | None = None
 
     def abort(self) -> None:
@@ -95,7 +106,8 @@ class FaultProxy:
         self._connections: set[_Connection] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self._writers: set[asyncio.StreamWriter] = set()
-        self._counts = {"connections": 0, "up": 0, "down": 0, "resets": 0}
+        self._counts = {"connections": 0, "up": 0, "down": 0, "resets": 0, "discarded": 0}
+        self._random = random.Random(0)
         self.port = 0
 
     # -- lifecycle ----------------------------------------------------------------------
@@ -185,6 +197,16 @@ class FaultProxy:
     def drop_after(self, n_bytes: int) -> None:
         self.set_fault(replace(self._fault, mode=FaultMode.PASS, drop_after_bytes=n_bytes))
 
+    def blackhole(self) -> None:
+        self.set_fault(replace(self._fault, mode=FaultMode.BLACKHOLE))
+
+    def loss(self, fraction: float, seed: int = 0) -> None:
+        """Reset each new connection with probability ``fraction`` (0..1)."""
+        if not 0.0 <= fraction <= 1.0:
+            raise ValueError(f"loss fraction {fraction} is not within 0..1")
+        self._random.seed(seed)
+        self.set_fault(replace(self._fault, loss=fraction))
+
     def stats(self) -> ProxyStats:
         return self._on_loop(
             lambda: ProxyStats(
@@ -193,6 +215,7 @@ class FaultProxy:
                 bytes_to_upstream=self._counts["up"],
                 bytes_to_client=self._counts["down"],
                 resets=self._counts["resets"],
+                bytes_discarded=self._counts["discarded"],
             )
         )
 
@@ -204,6 +227,9 @@ class FaultProxy:
             self._flowing.set()
         if fault.mode is FaultMode.RESET:
             for connection in list(self._connections):
+                self._reset(connection)
+        elif fault.mode is not FaultMode.BLACKHOLE:
+            for connection in [c for c in self._connections if c.lost]:
                 self._reset(connection)
         elif fault.drop_after_bytes is not None:
             for connection in list(self._connections):
@@ -254,7 +280,8 @@ class FaultProxy:
             self._writers.difference_update(writers)
 
     async def _serve(self, connection: _Connection) -> None:
-        if self._fault.mode is FaultMode.RESET:
+        dropped = self._fault.loss > 0 and self._random.random() < self._fault.loss
+        if self._fault.mode is FaultMode.RESET or dropped:
             self._reset(connection)
             return
         reader, connection.client = await asyncio.open_connection(sock=connection.sock)
@@ -295,6 +322,10 @@ class FaultProxy:
         self, connection: _Connection, writer: asyncio.StreamWriter, data: bytes, direction: str
     ) -> bool:
         """Forward ``data``, or as much as ``drop_after_bytes`` allows; False after a reset."""
+        if self._fault.mode is FaultMode.BLACKHOLE:
+            connection.lost = True
+            self._counts["discarded"] += len(data)
+            return True
         limit = self._fault.drop_after_bytes
         cut = limit is not None and connection.forwarded + len(data) >= limit
         if limit is not None and cut:

@@ -36,6 +36,7 @@ from edgeserve.wire.sync_messages import (
     TelemetryAck,
     UpdateProgress,
     UpdateResult,
+    UpdateStage,
     decode,
 )
 
@@ -177,20 +178,34 @@ async def offer(ctx: SyncContext, name: str, envelope: SignedManifest) -> None:
         reason = reason_label(exc)
         reject(ctx, reason, exc.message)
         ctx.metrics.updates.labels("refused").inc()
-        result = UpdateResult(
-            device_id=ctx.device_id,
-            model=name,
-            version=signed_version(envelope, ctx.public_key),
-            ok=False,
-            stage="verify",
-            reason=f"{reason}: {exc.message}",
-            running_version=running_version(ctx, name),
-            ts=time.time(),
-        )
-        ctx.publish(topics.update_result(ctx.device_id), result.to_bytes(), False)
+        report_offer_failure(ctx, name, envelope, "verify", f"{reason}: {exc.message}")
+        return
+    except OSError as exc:
+        # The device's disk (full, read-only): the update cannot even be staged. Report
+        # it so the rollout sees a failure instead of a device that never answers; the
+        # old model keeps serving and a later offer may succeed once space is freed.
+        log.error("update could not be stored", extra={"model": name, "reason": str(exc)})
+        ctx.metrics.updates.labels("failed").inc()
+        report_offer_failure(ctx, name, envelope, "download", f"storage: {exc}")
         return
     if session is not None:
         await start_download(ctx, session)
+
+
+def report_offer_failure(
+    ctx: SyncContext, name: str, envelope: SignedManifest, stage: UpdateStage, reason: str
+) -> None:
+    result = UpdateResult(
+        device_id=ctx.device_id,
+        model=name,
+        version=signed_version(envelope, ctx.public_key),
+        ok=False,
+        stage=stage,
+        reason=reason,
+        running_version=running_version(ctx, name),
+        ts=time.time(),
+    )
+    ctx.publish(topics.update_result(ctx.device_id), result.to_bytes(), False)
 
 
 async def start_download(ctx: SyncContext, session: UpdateSession) -> None:

@@ -1,0 +1,133 @@
+"""The agent's disk fills up: it keeps answering, counts what it cannot keep, and an
+update fails cleanly; once space is freed a retried update applies.
+
+The agent's state folder is a small tmpfs (root: ``mount -t tmpfs -o size=...``) that the
+test fills with a ballast file until the kernel answers ENOSPC.
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from edgeserve.broker import find_mosquitto
+from edgeserve.client import OipError, OipHttpClient
+from edgeserve.eval.fleet import FleetStack
+from tests.faults.conftest import Figures
+from tests.faults.fleet import (
+    MODEL,
+    Release,
+    active_sha256,
+    digits,
+    online,
+    packaged_release,
+    send,
+    start_reachable_fleet,
+    wait_for,
+)
+
+pytestmark = [
+    pytest.mark.faults,
+    pytest.mark.integration,
+    pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed"),
+    pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root"),
+]
+
+DEVICE = "dev-0"
+TMPFS_SIZE = "6m"
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A tmpfs of a few MiB, unmounted afterwards (lazily, should anything hold it)."""
+    mount_point = tmp_path / "small-disk"
+    mount_point.mkdir()
+    subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={TMPFS_SIZE}", "tmpfs", str(mount_point)],
+        check=True,
+        capture_output=True,
+        timeout=10,
+    )
+    try:
+        yield mount_point
+    finally:
+        subprocess.run(["umount", "-l", str(mount_point)], check=False, timeout=10)
+
+
+@pytest.fixture
+def fleet_on_small_disk(tmp_path: Path, small_disk: Path) -> Iterator[FleetStack]:
+    stack = start_reachable_fleet(tmp_path / "fleet", [])
+    try:
+        stack.start_agent(DEVICE, state_dir=str(small_disk / "agent-state"))
+        wait_for(lambda: online(stack) == 1, 30, "agent online")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def fill(folder: Path) -> Path:
+    """Write a ballast file until the filesystem is full, to the last block; its path."""
+    ballast = folder / "ballast"
+    fd = os.open(ballast, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    try:
+        block = 1 << 20
+        while block >= 512:  # unbuffered writes, smaller and smaller, until none fits
+            try:
+                os.write(fd, b"\0" * block)
+            except OSError as exc:
+                if exc.errno != errno.ENOSPC:
+                    raise
+                block //= 2
+    finally:
+        os.close(fd)
+    return ballast
+
+
+def test_a_full_disk_keeps_answers_flowing_and_fails_an_update_cleanly(
+    fleet_on_small_disk: FleetStack, small_disk: Path, v2: Release, figures: Figures
+) -> None:
+    stack = fleet_on_small_disk
+    state = small_disk / "agent-state"
+    rows = digits(40)
+    v1 = packaged_release()
+    ballast = fill(small_disk)
+    with OipHttpClient(stack.agent_url(DEVICE), timeout=30) as client:
+        failures = 0
+        for row_batch in (rows[:20], rows[20:]):
+            try:
+                send(client, row_batch)
+            except OipError:
+                failures += 1
+        wait_for(lambda: telemetry_drops(client) > 0, 30, "telemetry drops to be counted")
+        drops = telemetry_drops(client)
+        rollout = stack.push(v2.artifact, v2.card, canary=1, stages=[1.0])
+        view = stack.wait_rollout(rollout, timeout=60)
+        served_while_full = client.model_metadata(MODEL)["versions"][0]
+        sha_while_full = active_sha256(state)
+
+        ballast.unlink()
+        retried = stack.push(v2.artifact, v2.card, canary=1, stages=[1.0])
+        retried_view = stack.wait_rollout(retried, timeout=60)
+        served_after = client.model_metadata(MODEL)["versions"][0]
+    figures.count("disk_full_requests_failed", failures, "requests", "0")
+    figures.count("disk_full_telemetry_dropped", drops, "records", "counted, not crashing")
+    assert failures == 0
+    assert view["state"] != "completed", view  # the update could not be written
+    assert (served_while_full, sha_while_full) == ("1", v1.card.sha256)
+    assert retried_view["state"] == "completed", retried_view
+    assert (served_after, active_sha256(state)) == ("2", v2.card.sha256)
+
+
+def telemetry_drops(client: OipHttpClient) -> float:
+    metrics = client.metrics()
+    from edgeserve.client import metric_value
+
+    return metric_value(metrics, "edgeserve_agent_telemetry_recorder_dropped_total") + sum(
+        metric_value(metrics, f'edgeserve_agent_telemetry_outbox_dropped_total{{kind="{k}"}}')
+        for k in ("request",)
+    )
