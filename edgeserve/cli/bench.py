@@ -7,7 +7,9 @@ from typing import Annotated
 
 import typer
 
-bench_app = typer.Typer(no_args_is_help=True, help="Benchmarks that print their figures.")
+bench_app = typer.Typer(
+    no_args_is_help=True, help="Benchmarks that print their figures, and the report of all."
+)
 
 OutOption = Annotated[Path, typer.Option(help="folder for the report, CSV and plots")]
 
@@ -69,3 +71,29 @@ def bench_fleet(
     from edgeserve.bench.fleet import run_fleet_bench
 
     run_fleet_bench(out, tuple(int(n) for n in sizes.split(",")), telemetry_devices)
+
+
+@bench_app.command("report")
+def bench_report(
+    out: OutOption = Path("docs/bench/latest"),
+    quick: Annotated[bool, typer.Option(help="small sizes: the whole report in minutes")] = False,
+    only: Annotated[
+        str | None, typer.Option(help="benchmarks to run, comma separated (default: all)")
+    ] = None,
+    note: Annotated[
+        str | None, typer.Option(help="a line for the report's header (e.g. the box was shared)")
+    ] = None,
+) -> None:
+    """Every benchmark into one folder: report.md with the machine, tables and plots."""
+    from edgeserve.bench.report import run_report
+    from edgeserve.bench.suite import BENCHMARKS
+
+    names = [name.strip() for name in only.split(",") if name.strip()] if only else None
+    unknown = [name for name in names or [] if name not in BENCHMARKS]
+    if unknown:
+        raise typer.BadParameter(f"unknown {unknown}; choose from {', '.join(BENCHMARKS)}")
+    report = run_report(out, quick, names, note)
+    failed = [section.name for section in report.sections if section.status == "failed"]
+    typer.echo(f"wrote {out / 'report.md'}" + (f"; failed: {', '.join(failed)}" if failed else ""))
+    if failed:
+        raise typer.Exit(1)
