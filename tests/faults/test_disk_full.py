@@ -123,6 +123,46 @@ def test_a_full_disk_keeps_answers_flowing_and_fails_an_update_cleanly(
     assert (served_after, active_sha256(state)) == ("2", v2.card.sha256)
 
 
+@pytest.fixture
+def slow_download_on_small_disk(tmp_path: Path, small_disk: Path) -> Iterator[FleetStack]:
+    """The full artifact in 1 KiB chunks (no delta base registered), telemetry off, so the
+    update's own chunks are what fills the disk."""
+    stack = start_reachable_fleet(tmp_path / "fleet", [], baseline=(), chunk_size="1024")
+    try:
+        stack.start_agent(DEVICE, state_dir=str(small_disk / "agent-state"), telemetry="false")
+        wait_for(lambda: online(stack) == 1, 30, "agent online")
+        yield stack
+    finally:
+        stack.stop()
+
+
+def test_a_disk_that_fills_mid_download_fails_the_update_and_gives_the_space_back(
+    slow_download_on_small_disk: FleetStack, small_disk: Path, v2: Release
+) -> None:
+    stack = slow_download_on_small_disk
+    state = small_disk / "agent-state"
+    ballast = fill(small_disk)
+    # Room for the manifest and a few chunks (a page each on tmpfs), not for the ~24 KiB
+    # artifact's 24: the disk runs out part way through the download.
+    os.truncate(ballast, ballast.stat().st_size - 48 * 1024)
+    free_before = os.statvfs(small_disk).f_bavail
+    rollout = stack.push(v2.artifact, v2.card, canary=1, stages=[1.0])
+    view = stack.wait_rollout(rollout, timeout=60)
+    device = next(d for d in view["devices"] if d["device_id"] == DEVICE)
+    with OipHttpClient(stack.agent_url(DEVICE), timeout=30) as client:
+        served = client.model_metadata(MODEL)["versions"][0]
+        failed = client.metric('edgeserve_agent_sync_updates_total{result="failed"}')
+    assert view["state"] != "completed", view
+    assert device["state"] == "failed" and "storage" in device["reason"], device
+    assert (served, active_sha256(state)) == ("1", packaged_release().card.sha256)
+    assert failed == 1
+    assert os.statvfs(small_disk).f_bavail >= free_before  # the partial download is gone
+    ballast.unlink()
+    retried = stack.wait_rollout(stack.push(v2.artifact, v2.card, canary=1), timeout=60)
+    assert retried["state"] == "completed", retried
+    assert active_sha256(state) == v2.card.sha256
+
+
 def telemetry_drops(client: OipHttpClient) -> float:
     metrics = client.metrics()
     from edgeserve.client import metric_value

@@ -244,7 +244,11 @@ async def on_chunk(ctx: SyncContext, update_id: str, index: int, payload: bytes)
     if update_id in ctx.state.finishing:
         reject(ctx, "duplicate", f"chunk {index} of {update_id} after its download completed")
         return
-    await asyncio.to_thread(ctx.updater.accept_chunk, update_id, index, payload)
+    try:
+        await asyncio.to_thread(ctx.updater.accept_chunk, update_id, index, payload)
+    except OSError as exc:
+        await abandon_download(ctx, update_id, exc)
+        return
     window = ctx.state.windows.get(update_id)
     if window is None:
         # A session resumed by the updater that this connection has not asked about yet.
@@ -253,6 +257,16 @@ async def on_chunk(ctx: SyncContext, update_id: str, index: int, payload: bytes)
     window.requested.discard(index)
     if not window.requested:
         await request_window(ctx, window)
+
+
+async def abandon_download(ctx: SyncContext, update_id: str, error: OSError) -> None:
+    """A chunk could not be stored: free the download, say so, keep serving the old model
+    (a rollout waiting on this device learns at once, instead of after its timeout)."""
+    result = await asyncio.to_thread(ctx.updater.abandon, update_id, error)
+    ctx.state.windows.pop(update_id, None)
+    ctx.metrics.updates.labels("failed").inc()
+    ctx.publish(topics.update_result(ctx.device_id), result.to_bytes(), False)
+    await publish_reported(ctx)
 
 
 async def resend_stalled(ctx: SyncContext, now: float | None = None) -> int:

@@ -126,6 +126,21 @@ class Updater:
                 self.stats.chunks_duplicate += 1
             return new
 
+    def abandon(self, update_id: str, error: OSError) -> UpdateResult:
+        """Give up a download whose chunks cannot be stored (a full or failing disk).
+
+        Its chunks are removed to give the space back and the old model keeps serving.
+        Unlike a refused update, nothing is recorded against the manifest: the disk may
+        have room later, and the same signed manifest may then be offered again.
+        """
+        with self._lock:
+            download = self._get(update_id)
+            self._forget_locked(download)
+        self.stats.failed["download"] = self.stats.failed.get("download", 0) + 1
+        reason = f"storage: {error.strerror or error}"
+        log.error("update abandoned", extra={"model": download.manifest.model, "reason": reason})
+        return self._result(download, False, "download", reason, time.monotonic())
+
     def missing(self, update_id: str, limit: int = 256) -> list[int]:
         with self._lock:
             return self._get(update_id).missing(limit)
