@@ -21,9 +21,9 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from edgeserve.cli.demo_fleet import wait_until
 from edgeserve.client import OipHttpClient
 from edgeserve.eval.fleet import FleetStack
+from edgeserve.polling import wait_until
 from edgeserve.sync.admin_client import AdminClient
 from edgeserve.wire.errors import DeadlineExceeded
 
@@ -69,7 +69,7 @@ def _broker_outage(
     # Every record acknowledged by the sync service leaves the outbox; once all outboxes
     # are empty, a redelivered (doubled) batch would already have been counted.
     wait_until(
-        lambda: _pending(stack) == 0 or None, 30, "every outbox emptied after the broker came back"
+        lambda: _pending(stack) == 0, 30, "every outbox emptied after the broker came back"
     )
     arrived = _requests(admin, version)
     table = Table("before the outage", "requests during it", "counted after", "lost", "doubled")

@@ -16,7 +16,6 @@ import dataclasses
 import json
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, TypeVar
@@ -34,6 +33,7 @@ from edgeserve.eval.fleet import SYNC_USER, BrokerKind, FleetStack, start_fleet
 from edgeserve.models import packaged_artifacts
 from edgeserve.models.data import load_split
 from edgeserve.mqtt import BrokerAddress
+from edgeserve.polling import wait_until
 from edgeserve.sync.admin_client import AdminClient
 from edgeserve.wire import topics
 from edgeserve.wire.errors import DeadlineExceeded
@@ -48,7 +48,7 @@ T = TypeVar("T")
 
 def show_fleet(console: Console, workdir: Path, broker_kind: BrokerKind = "auto") -> dict[str, int]:
     """Run the fleet sections; the exit codes of the processes stopped at the end."""
-    from edgeserve.cli.demo_faults import show_faults  # it imports wait_until from here
+    from edgeserve.cli.demo_faults import show_faults
 
     console.rule("8. a fleet over MQTT: broker, sync service, four enrolled agents")
     started = time.perf_counter()
@@ -366,15 +366,6 @@ def _samples(exposition: str, name: str) -> str | None:
         )
         or None
     )
-
-
-def wait_until(condition: Callable[[], T | None], timeout: float, what: str) -> T:
-    deadline = time.monotonic() + timeout
-    while (value := condition()) is None:
-        if time.monotonic() > deadline:
-            raise DeadlineExceeded(f"{what}: not after {timeout:.0f}s")
-        time.sleep(0.05)
-    return value
 
 
 def _stage_name(stage: int | None) -> str:

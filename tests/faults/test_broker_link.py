@@ -26,6 +26,7 @@ import pytest
 from edgeserve.broker import find_mosquitto
 from edgeserve.client import OipHttpClient
 from edgeserve.eval.fleet import FleetStack
+from edgeserve.polling import wait_until
 from edgeserve.testing.netns import NetNamespace
 from tests.faults.conftest import Figures, Soak
 from tests.faults.fleet import (
@@ -39,7 +40,6 @@ from tests.faults.fleet import (
     send,
     start_reachable_fleet,
     unix_client,
-    wait_for,
 )
 
 pytestmark = [
@@ -90,7 +90,7 @@ class Traffic:
 
 def check_telemetry(stack: FleetStack, sent: int, figures: Figures) -> None:
     """Wait for every record to be stored, then record lost/duplicated and assert 0."""
-    wait_for(lambda: fleet_requests(stack) >= sent, 90, f"{sent} request records stored")
+    wait_until(lambda: fleet_requests(stack) >= sent, 90, f"{sent} request records stored")
     stored = fleet_requests(stack)
     figures.count("telemetry_lost", max(0, sent - stored), "records", "0")
     figures.count("telemetry_duplicated", max(0, stored - sent), "records", "0")
@@ -115,7 +115,7 @@ def test_a_flapping_link_to_the_broker_loses_no_telemetry_and_the_update_complet
     fleets.append(stack)
     namespaced_agent(stack, "dev-0", netns, sync_chunk_window="1", sync_chunk_timeout_s="2")
     stack.agents["dev-0"].start()
-    wait_for(lambda: online(stack) == 1, 30, "the namespaced agent online")
+    wait_until(lambda: online(stack) == 1, 30, "the namespaced agent online")
     flapping_s = soak.seconds if soak.enabled else 6.0
     stop_flapping = threading.Event()
     with unix_client(agent_socket(tmp_path, "dev-0")) as client:
@@ -146,7 +146,7 @@ def test_a_broker_restart_storm_loses_no_telemetry_and_the_update_completes(
         chunk_size="1024",
     )
     fleets.append(stack)
-    wait_for(lambda: online(stack) == 2, 30, "agents online")
+    wait_until(lambda: online(stack) == 2, 30, "agents online")
     rng = random.Random(SEED)
     storms = max(1, int(soak.seconds // 20)) if soak.enabled else 1
     restarts = 0

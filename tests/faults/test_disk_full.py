@@ -18,6 +18,7 @@ import pytest
 from edgeserve.broker import find_mosquitto
 from edgeserve.client import OipError, OipHttpClient
 from edgeserve.eval.fleet import FleetStack
+from edgeserve.polling import wait_until
 from tests.faults.conftest import Figures
 from tests.faults.fleet import (
     MODEL,
@@ -28,7 +29,6 @@ from tests.faults.fleet import (
     packaged_release,
     send,
     start_reachable_fleet,
-    wait_for,
 )
 
 pytestmark = [
@@ -64,7 +64,7 @@ def fleet_on_small_disk(tmp_path: Path, small_disk: Path) -> Iterator[FleetStack
     stack = start_reachable_fleet(tmp_path / "fleet", [])
     try:
         stack.start_agent(DEVICE, state_dir=str(small_disk / "agent-state"))
-        wait_for(lambda: online(stack) == 1, 30, "agent online")
+        wait_until(lambda: online(stack) == 1, 30, "agent online")
         yield stack
     finally:
         stack.stop()
@@ -103,7 +103,7 @@ def test_a_full_disk_keeps_answers_flowing_and_fails_an_update_cleanly(
                 send(client, row_batch)
             except OipError:
                 failures += 1
-        wait_for(lambda: telemetry_drops(client) > 0, 30, "telemetry drops to be counted")
+        wait_until(lambda: telemetry_drops(client) > 0, 30, "telemetry drops to be counted")
         drops = telemetry_drops(client)
         rollout = stack.push(v2.artifact, v2.card, canary=1, stages=[1.0])
         view = stack.wait_rollout(rollout, timeout=60)
@@ -130,7 +130,7 @@ def slow_download_on_small_disk(tmp_path: Path, small_disk: Path) -> Iterator[Fl
     stack = start_reachable_fleet(tmp_path / "fleet", [], baseline=(), chunk_size="1024")
     try:
         stack.start_agent(DEVICE, state_dir=str(small_disk / "agent-state"), telemetry="false")
-        wait_for(lambda: online(stack) == 1, 30, "agent online")
+        wait_until(lambda: online(stack) == 1, 30, "agent online")
         yield stack
     finally:
         stack.stop()

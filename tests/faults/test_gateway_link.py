@@ -20,11 +20,12 @@ import pytest
 
 from edgeserve.client import OipError, OipHttpClient
 from edgeserve.eval.stack import DEVICE_ID, CascadeStack, enroll, start_cascade
+from edgeserve.polling import wait_until
 from edgeserve.processes import ServiceProcess, agent_process, gateway_process
 from edgeserve.testing.fault_proxy import Fault, FaultProxy
 from edgeserve.testing.netns import NetNamespace
 from tests.faults.conftest import Figures
-from tests.faults.fleet import MODEL, digits, unix_client, wait_for
+from tests.faults.fleet import MODEL, digits, unix_client
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -119,13 +120,13 @@ def test_a_partition_fails_no_request_and_escalation_resumes_after_heal(
         sender = threading.Thread(target=stream, args=(client, outcomes, stop), daemon=True)
         sender.start()
         try:
-            wait_for(lambda: outcomes.cloud >= 5, 30, "cloud answers before the cut")
+            wait_until(lambda: outcomes.cloud >= 5, 30, "cloud answers before the cut")
             netns.partition()
             cut_at = len(outcomes.answers)
-            wait_for(lambda: outcomes.degraded >= 30, 30, "degraded answers while cut")
+            wait_until(lambda: outcomes.degraded >= 30, 30, "degraded answers while cut")
             netns.heal()
             healed_at = len(outcomes.answers)
-            wait_for(lambda: cloud_after(outcomes, healed_at) >= 5, 60, "escalation to resume")
+            wait_until(lambda: cloud_after(outcomes, healed_at) >= 5, 60, "escalation to resume")
         finally:
             stop.set()
             sender.join(timeout=30)
@@ -226,4 +227,4 @@ def recover(client: OipHttpClient) -> None:
         ask(client, probe, 0)
         return probe.cloud > 0
 
-    wait_for(answered_by_cloud, 30, "escalations answered by the cloud")
+    wait_until(answered_by_cloud, 30, "escalations answered by the cloud")

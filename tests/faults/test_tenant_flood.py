@@ -21,8 +21,8 @@ import pytest
 
 from edgeserve.bench import loadgen as lg
 from edgeserve.bench.gateway_harness import A_LIMIT, Gateway, build_repository, running_gateway
+from edgeserve.polling import wait_until
 from tests.faults.conftest import Figures
-from tests.faults.fleet import wait_for
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
 
@@ -72,7 +72,7 @@ def test_a_flooding_tenant_leaves_the_other_every_answer_and_a_bounded_p99(
     before = throttled(gateway)
     flood = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     try:
-        wait_for(lambda: throttled(gateway) > before + 50, 30, "tenant A to be flooding")
+        wait_until(lambda: throttled(gateway) > before + 50, 30, "tenant A to be flooding")
         shared = tenant_b(gateway, tmp_path / "shared.json")
     finally:
         errors = flood.communicate(timeout=WINDOW_S + 90)[1]

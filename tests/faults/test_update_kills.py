@@ -25,6 +25,7 @@ import pytest
 from edgeserve.broker import find_mosquitto
 from edgeserve.client import OipHttpClient
 from edgeserve.eval.fleet import FleetStack
+from edgeserve.polling import wait_until
 from edgeserve.testing.fault_proxy import FaultProxy
 from tests.faults.conftest import Figures, Soak
 from tests.faults.fleet import (
@@ -36,7 +37,6 @@ from tests.faults.fleet import (
     online,
     packaged_release,
     start_reachable_fleet,
-    wait_for,
 )
 
 pytestmark = [
@@ -64,7 +64,7 @@ def slow_update_fleet(tmp_path: Path) -> Iterator[FleetStack]:
         }
         try:
             stack.start_agent(DEVICE)
-            wait_for(lambda: online(stack) == 1, 30, "agent online")
+            wait_until(lambda: online(stack) == 1, 30, "agent online")
             yield stack
         finally:
             stack.stop()
@@ -101,7 +101,7 @@ def test_kill_9_at_random_points_of_an_update_never_activates_corrupt_bytes(
             shutil.rmtree(state)  # back to the packaged version 1: interrupt a new update
         agent.start()
         corrupt += not answers_as(stack, rows, answers)
-    wait_for(lambda: served(stack) == "2", 60, "convergence on version 2")
+    wait_until(lambda: served(stack) == "2", 60, "convergence on version 2")
     figures.count("kill_iterations", iterations, "kill -9", ">= 15 (soak: hundreds)")
     figures.count("corrupt_activations", corrupt, "activations", "0")
     figures.count("updates_completed_between_kills", converged, "updates", "counted")
@@ -118,7 +118,7 @@ def update_duration(stack: FleetStack, state: Path) -> float:
     shutil.rmtree(state)
     process.start()
     started = time.monotonic()
-    wait_for(lambda: served(stack) == "2", 60, "the uninterrupted update")
+    wait_until(lambda: served(stack) == "2", 60, "the uninterrupted update")
     return time.monotonic() - started
 
 

@@ -19,6 +19,7 @@ import pytest
 
 from edgeserve.broker import BrokerSetup
 from edgeserve.client import OipHttpClient
+from edgeserve.polling import wait_until
 from edgeserve.processes import ServiceProcess, agent_process
 from edgeserve.security.signing import PUBLIC_NAME, ensure_operator_key
 from edgeserve.wire import topics
@@ -129,16 +130,9 @@ def test_request_telemetry_goes_home_and_acked_rows_leave_the_outbox(agent, flee
 
     fleet.publish(topics.telemetry_ack(DEVICE), TelemetryAck(acked_seq=batch.to_seq).to_bytes())
     outbox = tmp_path / "agent-state" / "outbox.db"
-    wait_for(lambda: rows_through(outbox, batch.to_seq) == 0)
+    wait_until(lambda: rows_through(outbox, batch.to_seq) == 0, 10.0, "the acked rows to go")
 
 
 def rows_through(path: Path, seq: int) -> int:
     with sqlite3.connect(f"file:{path}?mode=ro", uri=True) as db:
         return int(db.execute("SELECT COUNT(*) FROM records WHERE seq <= ?", (seq,)).fetchone()[0])
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.05)

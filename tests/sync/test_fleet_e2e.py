@@ -26,6 +26,7 @@ from edgeserve.models import packaged_artifacts
 from edgeserve.models.data import load_split
 from edgeserve.models.finetune import build_edge_version
 from edgeserve.models.train import TrainConfig
+from edgeserve.polling import wait_until
 from edgeserve.security.signing import OperatorKey, ensure_operator_key
 from edgeserve.sync.golden import compute_self_test
 from edgeserve.testing.fault_proxy import FaultProxy
@@ -63,7 +64,7 @@ def start(tmp_path: Path) -> Iterator[Callable[..., FleetStack]]:
     def start_stack(devices: list[str], **kwargs: object) -> FleetStack:
         stack = start_fleet(tmp_path / f"fleet-{len(stacks)}", devices, **kwargs)  # type: ignore[arg-type]
         stacks.append(stack)
-        wait_for(lambda: online(stack) == len(devices), 30, "devices online")
+        wait_until(lambda: online(stack) == len(devices), 30, "devices online")
         return stack
 
     yield start_stack
@@ -102,10 +103,10 @@ def test_a_transfer_cut_by_a_broker_kill_resumes_and_completes(start, v2: Releas
             sync_chunk_window="2",
             sync_chunk_timeout_s="2",
         )
-        wait_for(lambda: online(stack) == 1, 30, "device online")
+        wait_until(lambda: online(stack) == 1, 30, "device online")
         rollout = stack.push(v2.artifact, v2.card, canary=1, stages=[1.0])
         chunks = stack.workdir / "dev-0-state" / "downloads"
-        wait_for(lambda: stored_chunks(chunks) >= 2, 30, "first chunks stored")
+        wait_until(lambda: stored_chunks(chunks) >= 2, 30, "first chunks stored")
 
         proxy.stall()  # freeze the device's link, then cut the broker: mid-transfer for sure
         stack.broker.kill()
@@ -149,7 +150,7 @@ def test_a_tampered_chunk_is_refused_and_only_the_true_bytes_install(start, v2: 
         fleet.receive_until(topics.update_request("dev-0", update_id))
         evil = bytes(b ^ 0xFF for b in chunks[0])
         fleet.publish(topics.chunk("dev-0", update_id, 0), evil)
-        wait_for(lambda: agent_rejections(stack, "dev-0", "integrity") >= 1, 15, "refusal")
+        wait_until(lambda: agent_rejections(stack, "dev-0", "integrity") >= 1, 15, "refusal")
         assert served_version(stack, "dev-0") == "1"
 
         for index, chunk in enumerate(chunks):
@@ -181,14 +182,14 @@ def test_a_replayed_older_manifest_is_refused(start, v2: Release, tmp_path: Path
 def test_telemetry_made_while_the_broker_is_down_arrives_once(start) -> None:
     stack = start(["dev-0", "dev-1"])
     send_digits(stack, 30)
-    wait_for(lambda: fleet_requests(stack) == 60, 30, "first telemetry home")
+    wait_until(lambda: fleet_requests(stack) == 60, 30, "first telemetry home")
 
     stack.broker.kill()
     send_digits(stack, 50)  # answered offline, kept in the outboxes
     stack.broker.start()
 
-    wait_for(lambda: fleet_requests(stack) == 160, 60, "offline telemetry home")
-    wait_for(lambda: all(outbox_pending(stack, d) == 0 for d in stack.agents), 30, "acked")
+    wait_until(lambda: fleet_requests(stack) == 160, 60, "offline telemetry home")
+    wait_until(lambda: all(outbox_pending(stack, d) == 0 for d in stack.agents), 30, "acked")
     assert fleet_requests(stack) == 160  # none lost, none counted twice
     with stack.admin() as admin:
         assert all(row["dropped"] == 0 for row in admin.telemetry())
@@ -197,14 +198,6 @@ def test_telemetry_made_while_the_broker_is_down_arrives_once(start) -> None:
 # -- helpers -----------------------------------------------------------------------------
 
 OLD = TrainConfig(epochs=5, learning_rate=5e-4, batch_size=64, seed=7)
-
-
-def wait_for(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.05)
 
 
 def online(stack: FleetStack) -> int:

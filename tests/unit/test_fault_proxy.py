@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from edgeserve.polling import wait_until
 from edgeserve.testing import Fault, FaultMode, FaultProxy
 
 
@@ -61,13 +62,6 @@ def roundtrip(sock: socket.socket, payload: bytes) -> bytes:
     return received
 
 
-def wait_until(condition, timeout: float = 2.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "condition not met in time"
-        time.sleep(0.005)
-
-
 def test_it_listens_on_loopback_only(proxy):
     with connect(proxy) as sock:
         assert sock.getpeername() == ("127.0.0.1", proxy.port)
@@ -83,7 +77,7 @@ def test_pass_through_forwards_both_ways_and_counts_bytes(proxy):
     stats = proxy.stats()
     assert stats.connections == 1
     assert stats.bytes_to_upstream == stats.bytes_to_client == 200_005
-    wait_until(lambda: proxy.stats().active == 0)
+    wait_until(lambda: proxy.stats().active == 0, 2.0, "the proxy to drop its connections")
 
 
 def test_delay_adds_latency_to_each_direction(proxy):
