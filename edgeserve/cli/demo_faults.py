@@ -11,11 +11,8 @@ activated before the crash. The full suite of such faults is ``tests/faults``.
 
 from __future__ import annotations
 
-import contextlib
-import socket
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from rich.console import Console
@@ -25,6 +22,7 @@ from edgeserve.client import OipHttpClient
 from edgeserve.eval.fleet import FleetStack
 from edgeserve.polling import wait_until
 from edgeserve.sync.admin_client import AdminClient
+from edgeserve.testing.notify import NotifyListener
 from edgeserve.wire.errors import DeadlineExceeded
 
 MODEL = "digits-edge"
@@ -90,11 +88,12 @@ def _agent_crash(console: Console, stack: FleetStack, admin: AdminClient) -> Non
     process.kill()
     # Play systemd for the restart: a notify socket and a watchdog interval, as the unit
     # (Type=notify, WatchdogSec=) gives the agent.
-    with _ServiceManager(stack.workdir / f"{CRASHED}.notify") as manager:
-        process.env |= {"NOTIFY_SOCKET": str(manager.path), "WATCHDOG_USEC": "1000000"}
+    with NotifyListener.abstract("edgeserve-demo") as manager:
+        process.env |= {"NOTIFY_SOCKET": manager.address, "WATCHDOG_USEC": "1000000"}
         started = time.perf_counter()
         process.start()
-        ready = manager.wait_for("READY=1", 20) - started
+        manager.wait_for("READY=1", 20)
+        ready = time.perf_counter() - started
         manager.wait_for("WATCHDOG=1", 5)
         pings = manager.count("WATCHDOG=1", within_s=2.0)
     with OipHttpClient(stack.agent_url(CRASHED)) as client:
@@ -120,41 +119,6 @@ def _agent_crash(console: Console, stack: FleetStack, admin: AdminClient) -> Non
         "kill -9 at random points of an update, broker restart storms, a full disk, a "
         "tenant flood): ./dev test tests/faults[/dim]"
     )
-
-
-class _ServiceManager:
-    """The receiving end of ``sd_notify``: a datagram socket the agent reports to."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-
-    def __enter__(self) -> _ServiceManager:
-        self.path.unlink(missing_ok=True)
-        self.sock.bind(str(self.path))
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.sock.close()
-        self.path.unlink(missing_ok=True)
-
-    def wait_for(self, field: str, timeout: float) -> float:
-        """When (perf_counter) a message holding ``field`` arrived."""
-        deadline = time.monotonic() + timeout
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            with contextlib.suppress(TimeoutError):
-                if field in self.sock.recv(4096).decode().splitlines():
-                    return time.perf_counter()
-        raise DeadlineExceeded(f"no {field} from the agent within {timeout:.0f}s")
-
-    def count(self, field: str, within_s: float) -> int:
-        seen, deadline = 0, time.monotonic() + within_s
-        while (left := deadline - time.monotonic()) > 0:
-            self.sock.settimeout(left)
-            with contextlib.suppress(TimeoutError):
-                seen += field in self.sock.recv(4096).decode().splitlines()
-        return seen
 
 
 def _running(admin: AdminClient, device: str) -> dict[str, Any]:

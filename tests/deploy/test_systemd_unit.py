@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-import secrets
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,6 +24,7 @@ from edgeserve.client import OipHttpClient
 from edgeserve.models import packaged_artifacts
 from edgeserve.models.data import load_split
 from edgeserve.processes import ServiceProcess, agent_process
+from edgeserve.testing.notify import NotifyListener
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "install-agent.sh"
@@ -143,51 +142,17 @@ def test_the_unit_has_the_hardening_the_issue_names() -> None:
 # -- the agent under a notify socket --------------------------------------------------------
 
 
-class NotifySocket:
-    """systemd's end: an abstract datagram socket collecting the agent's messages."""
-
-    def __init__(self) -> None:
-        self.name = f"@edgeserve-test-{secrets.token_hex(8)}"
-        self.sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.sock.bind(b"\0" + self.name[1:].encode())
-
-    def wait_for(self, field: str, timeout: float = 30.0) -> list[str]:
-        """Messages up to and including the first carrying ``field``."""
-        self.sock.settimeout(timeout)
-        seen = []
-        while True:
-            seen.append(self.sock.recv(4096).decode())
-            if field in seen[-1].split("\n"):
-                return seen
-
-    def drain(self) -> None:
-        self.sock.setblocking(False)
-        try:
-            while self.sock.recv(4096):
-                pass
-        except BlockingIOError:
-            pass
-
-    def silent_for(self, field: str, seconds: float) -> bool:
-        try:
-            self.wait_for(field, timeout=seconds)
-        except TimeoutError:
-            return True
-        return False
+@pytest.fixture
+def notify() -> Iterator[NotifyListener]:
+    with NotifyListener.abstract("edgeserve-test") as receiver:
+        yield receiver
 
 
 @pytest.fixture
-def notify() -> Iterator[NotifySocket]:
-    receiver = NotifySocket()
-    yield receiver
-    receiver.sock.close()
-
-
-@pytest.fixture
-def supervised(tmp_path: Path, notify: NotifySocket) -> Iterator[ServiceProcess]:
+def supervised(tmp_path: Path, notify: NotifyListener) -> Iterator[ServiceProcess]:
     """An agent started as systemd starts it: NOTIFY_SOCKET and WATCHDOG_USEC set."""
     agent = agent_process(tmp_path)
-    agent.env |= {"NOTIFY_SOCKET": notify.name, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
+    agent.env |= {"NOTIFY_SOCKET": notify.address, "WATCHDOG_USEC": str(WATCHDOG_USEC)}
     try:
         agent.start()
         yield agent
@@ -197,7 +162,7 @@ def supervised(tmp_path: Path, notify: NotifySocket) -> Iterator[ServiceProcess]
 
 @pytest.mark.integration
 def test_ready_arrives_once_the_port_serves(
-    tmp_path: Path, notify: NotifySocket, supervised: ServiceProcess
+    tmp_path: Path, notify: NotifyListener, supervised: ServiceProcess
 ) -> None:
     messages = notify.wait_for("READY=1")
     # By READY=1 the port was written and answers: nothing may reach the agent too early.
@@ -210,7 +175,7 @@ def test_ready_arrives_once_the_port_serves(
 
 @pytest.mark.integration
 def test_a_healthy_agent_pings_the_watchdog_repeatedly(
-    notify: NotifySocket, supervised: ServiceProcess
+    notify: NotifyListener, supervised: ServiceProcess
 ) -> None:
     notify.wait_for("READY=1")
     for _ in range(3):
@@ -219,7 +184,7 @@ def test_a_healthy_agent_pings_the_watchdog_repeatedly(
 
 @pytest.mark.integration
 def test_a_stopped_agent_sends_no_pings_until_it_runs_again(
-    notify: NotifySocket, supervised: ServiceProcess
+    notify: NotifyListener, supervised: ServiceProcess
 ) -> None:
     notify.wait_for("WATCHDOG=1")
     os.kill(supervised.pid, signal.SIGSTOP)  # a hung process, as the watchdog sees it
@@ -234,7 +199,7 @@ def test_a_stopped_agent_sends_no_pings_until_it_runs_again(
 
 @pytest.mark.integration
 def test_sigterm_sends_stopping_and_the_agent_exits_cleanly(
-    notify: NotifySocket, supervised: ServiceProcess
+    notify: NotifyListener, supervised: ServiceProcess
 ) -> None:
     notify.wait_for("READY=1")
     os.kill(supervised.pid, signal.SIGTERM)
@@ -243,10 +208,12 @@ def test_sigterm_sends_stopping_and_the_agent_exits_cleanly(
 
 
 @pytest.mark.integration
-def test_watchdog_meant_for_another_pid_gets_no_pings(tmp_path: Path, notify: NotifySocket) -> None:
+def test_watchdog_meant_for_another_pid_gets_no_pings(
+    tmp_path: Path, notify: NotifyListener
+) -> None:
     agent = agent_process(tmp_path)
     agent.env |= {
-        "NOTIFY_SOCKET": notify.name,
+        "NOTIFY_SOCKET": notify.address,
         "WATCHDOG_USEC": str(WATCHDOG_USEC),
         "WATCHDOG_PID": "1",
     }

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
-import secrets
 import shutil
-import socket
 import tempfile
 import threading
 from collections.abc import Callable, Iterator
@@ -22,59 +20,29 @@ from edgeserve.edge_agent.systemd import (
     inference_probe,
     watchdog_interval,
 )
+from edgeserve.testing.notify import NotifyListener
 
 INTERVAL_S = 0.05
 
 
-class Receiver:
-    """The systemd side: a bound datagram socket that collects notify messages."""
-
-    def __init__(self, sock: socket.socket, address: str) -> None:
-        self.sock = sock
-        self.address = address  # as NOTIFY_SOCKET spells it
-
-    def next(self, timeout: float = 5.0) -> str:
-        self.sock.settimeout(timeout)
-        return self.sock.recv(4096).decode()
-
-    def wait_for(self, field: str, timeout: float = 5.0) -> list[str]:
-        """Messages up to and including the first that carries ``field``."""
-        seen = []
-        while True:
-            seen.append(self.next(timeout))
-            if field in seen[-1].split("\n"):
-                return seen
-
-    def silent_for(self, field: str, seconds: float) -> bool:
-        """True if no message carrying ``field`` arrives within ``seconds``."""
-        try:
-            self.wait_for(field, timeout=seconds)
-        except TimeoutError:
-            return True
-        return False
+@pytest.fixture
+def abstract_receiver() -> Iterator[NotifyListener]:
+    with NotifyListener.abstract("edgeserve-test") as receiver:
+        yield receiver
 
 
 @pytest.fixture
-def abstract_receiver() -> Iterator[Receiver]:
-    name = f"edgeserve-test-{secrets.token_hex(8)}"
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-        sock.bind(b"\0" + name.encode())
-        yield Receiver(sock, "@" + name)
-
-
-@pytest.fixture
-def path_receiver() -> Iterator[Receiver]:
+def path_receiver() -> Iterator[NotifyListener]:
     # A short folder: AF_UNIX paths are limited to 107 bytes, pytest's tmp_path can be longer.
     folder = Path(tempfile.mkdtemp(prefix="sdn-"))
     try:
-        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
-            sock.bind(str(folder / "notify"))
-            yield Receiver(sock, str(folder / "notify"))
+        with NotifyListener.at(folder / "notify") as receiver:
+            yield receiver
     finally:
         shutil.rmtree(folder)
 
 
-def test_ready_watchdog_and_stopping_reach_a_path_socket(path_receiver: Receiver) -> None:
+def test_ready_watchdog_and_stopping_reach_a_path_socket(path_receiver: NotifyListener) -> None:
     notifier = Notifier.from_environment({"NOTIFY_SOCKET": path_receiver.address})
     try:
         assert notifier.ready("serving on 127.0.0.1:8710")
@@ -88,7 +56,7 @@ def test_ready_watchdog_and_stopping_reach_a_path_socket(path_receiver: Receiver
 
 
 def test_an_abstract_socket_is_reached_through_its_at_sign_name(
-    abstract_receiver: Receiver,
+    abstract_receiver: NotifyListener,
 ) -> None:
     notifier = Notifier.from_environment({"NOTIFY_SOCKET": abstract_receiver.address})
     try:
@@ -147,7 +115,7 @@ class _Core:
 Scenario = Callable[[BoundedExecutor, asyncio.AbstractEventLoop], None]
 
 
-def _run_watchdog(receiver: Receiver, core: _Core, scenario: Scenario) -> None:
+def _run_watchdog(receiver: NotifyListener, core: _Core, scenario: Scenario) -> None:
     """Run a watchdog over a real one-thread executor while ``scenario`` runs in a thread
     (it blocks on the receiver; the loop must stay free to ping)."""
 
@@ -167,7 +135,7 @@ def _run_watchdog(receiver: Receiver, core: _Core, scenario: Scenario) -> None:
     asyncio.run(main())
 
 
-def test_a_healthy_agent_pings_repeatedly(abstract_receiver: Receiver) -> None:
+def test_a_healthy_agent_pings_repeatedly(abstract_receiver: NotifyListener) -> None:
     def scenario(executor: BoundedExecutor, loop: asyncio.AbstractEventLoop) -> None:
         for _ in range(3):
             abstract_receiver.wait_for("WATCHDOG=1")
@@ -176,7 +144,7 @@ def test_a_healthy_agent_pings_repeatedly(abstract_receiver: Receiver) -> None:
 
 
 def test_wedged_inference_threads_stop_the_pings_until_they_recover(
-    abstract_receiver: Receiver,
+    abstract_receiver: NotifyListener,
 ) -> None:
     release, running = threading.Event(), threading.Event()
 
@@ -203,7 +171,7 @@ def test_wedged_inference_threads_stop_the_pings_until_they_recover(
         release.set()
 
 
-def test_an_agent_with_no_model_loaded_sends_no_pings(abstract_receiver: Receiver) -> None:
+def test_an_agent_with_no_model_loaded_sends_no_pings(abstract_receiver: NotifyListener) -> None:
     def scenario(executor: BoundedExecutor, loop: asyncio.AbstractEventLoop) -> None:
         abstract_receiver.wait_for("STATUS=unhealthy: no model loaded")
         assert abstract_receiver.silent_for("WATCHDOG=1", seconds=10 * INTERVAL_S)
