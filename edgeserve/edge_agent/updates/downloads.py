@@ -67,9 +67,14 @@ class Download:
         """Start (or re-target) the folder for ``manifest``, keeping chunks that still fit."""
         folder = root / manifest.payload.update_id
         chunks = folder / CHUNKS_NAME
-        chunks.mkdir(parents=True, exist_ok=True)
-        fsync_dir(root)
-        write_atomic(folder / MANIFEST_NAME, envelope.model_dump_json().encode())
+        try:
+            chunks.mkdir(parents=True, exist_ok=True)
+            fsync_dir(root)
+            write_atomic(folder / MANIFEST_NAME, envelope.model_dump_json().encode())
+        except OSError:
+            # A full or failing disk: leave no half-made folder behind to hold space.
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         return cls(folder, envelope, manifest, _verified_chunks(chunks, manifest.payload))
 
     @classmethod
