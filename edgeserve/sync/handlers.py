@@ -118,7 +118,7 @@ def on_reported(ctx: HandlerContext, topic: topics.DeviceTopic, payload: bytes) 
     reported = decode(ReportedState, payload)
     _same_device(topic, reported.device_id)
     ctx.registry.record_reported(reported)
-    return []
+    return issue_assignments(ctx, ctx.controller.on_reported(reported.device_id))
 
 
 @_guarded("update_request")

@@ -176,6 +176,23 @@ class RolloutController:
             actions += self._evaluate(row.id)
         return actions
 
+    def on_reported(self, device_id: str) -> Assigns:
+        """A device's reported state: where it already runs a rollout's version, it has
+        installed it — also when its result message was lost (a broker killed while
+        holding it), which would otherwise leave the rollout waiting for ever."""
+        device = self.registry.device(device_id)
+        if device is None:
+            return []
+        actions: Assigns = []
+        for row in self.registry.rollouts("running"):
+            entry = self._device(row.id, device_id)
+            if entry is None or entry.state != "assigned":
+                continue
+            if device.running_version(row.model) == row.version:
+                self._set(row.id, device_id, "installed")
+                actions += self._evaluate(row.id)
+        return actions
+
     def tick(self) -> Assigns:
         """Re-check every running rollout: soak timers and telemetry error rates."""
         actions: Assigns = []

@@ -143,6 +143,29 @@ def test_the_rollout_completes_when_every_target_installed(controller: RolloutCo
     assert view.stage == 2 and view.stage_sizes == (1, 4, 5)
 
 
+def test_a_device_reporting_the_new_version_counts_as_installed_without_its_result(
+    registry: Registry, controller: RolloutController
+):
+    # Its result message was lost (the broker died holding it); its reported state,
+    # retained and sent again on every reconnect, still says what it runs.
+    rollout_id, assigns = controller.start(spec(canary=1, stages=[1.0]))
+    canary = devices(assigns)[0]
+    report(registry, canary, "2.0")
+    promoted = controller.on_reported(canary)
+    view = controller.show(rollout_id)
+    assert view.devices[0].state == "installed" and view.stage == 1
+    assert len(promoted) == 9  # the next stage was assigned
+
+
+def test_a_reported_state_with_the_old_version_changes_nothing(
+    registry: Registry, controller: RolloutController
+):
+    rollout_id, assigns = controller.start(spec())
+    report(registry, devices(assigns)[0], "1.0")
+    assert controller.on_reported(devices(assigns)[0]) == []
+    assert controller.show(rollout_id).devices[0].state == "assigned"
+
+
 def test_failures_over_threshold_halt_and_roll_back(controller: RolloutController):
     rollout_id, _ = controller.start(spec(canary=4, max_failures=2, max_failure_rate=1.0))
     install(controller, ["dev-00"])
