@@ -18,8 +18,9 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import pytest
 
-from edgeserve.broker import BrokerSetup, start_broker
+from edgeserve.broker import BrokerSetup, find_mosquitto, start_broker
 from edgeserve.broker.config import MosquittoConfig
 from edgeserve.client import OipHttpClient
 from edgeserve.eval.fleet import SYNC_USER, FleetStack, start_sync
@@ -55,6 +56,14 @@ class AllInterfacesSetup(BrokerSetup):
 
     def mosquitto_config(self) -> MosquittoConfig:
         return replace(super().mosquitto_config(), bind=None)
+
+
+# The marks of every fault test that starts a fleet: it needs a real Mosquitto.
+FLEET_FAULT_MARKS = [
+    pytest.mark.faults,
+    pytest.mark.integration,
+    pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed"),
+]
 
 
 def start_reachable_fleet(

@@ -23,13 +23,13 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.broker import find_mosquitto
 from edgeserve.client import OipHttpClient
 from edgeserve.eval.fleet import FleetStack
 from edgeserve.polling import wait_until
 from edgeserve.testing.netns import NetNamespace
 from tests.faults.conftest import Figures, Soak
 from tests.faults.fleet import (
+    FLEET_FAULT_MARKS,
     Release,
     agent_socket,
     digits,
@@ -42,11 +42,7 @@ from tests.faults.fleet import (
     unix_client,
 )
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.integration,
-    pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed"),
-]
+pytestmark = FLEET_FAULT_MARKS
 
 ROWS = digits(32)
 SEED = 20240611

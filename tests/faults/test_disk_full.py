@@ -15,12 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.broker import find_mosquitto
 from edgeserve.client import OipError, OipHttpClient
 from edgeserve.eval.fleet import FleetStack
 from edgeserve.polling import wait_until
 from tests.faults.conftest import Figures
 from tests.faults.fleet import (
+    FLEET_FAULT_MARKS,
     MODEL,
     Release,
     active_sha256,
@@ -32,9 +32,7 @@ from tests.faults.fleet import (
 )
 
 pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.integration,
-    pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed"),
+    *FLEET_FAULT_MARKS,
     pytest.mark.skipif(os.geteuid() != 0, reason="mounting a tmpfs needs root"),
 ]
 

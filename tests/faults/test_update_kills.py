@@ -22,13 +22,13 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.broker import find_mosquitto
 from edgeserve.client import OipHttpClient
 from edgeserve.eval.fleet import FleetStack
 from edgeserve.polling import wait_until
 from edgeserve.testing.fault_proxy import FaultProxy
 from tests.faults.conftest import Figures, Soak
 from tests.faults.fleet import (
+    FLEET_FAULT_MARKS,
     MODEL,
     Release,
     active_sha256,
@@ -39,11 +39,7 @@ from tests.faults.fleet import (
     start_reachable_fleet,
 )
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.integration,
-    pytest.mark.skipif(find_mosquitto() is None, reason="mosquitto is not installed"),
-]
+pytestmark = FLEET_FAULT_MARKS
 
 NORMAL_ITERATIONS = 15
 SEED_ENV = "EDGESERVE_FAULT_SEED"  # replay a run's kill instants
