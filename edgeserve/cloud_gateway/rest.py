@@ -16,15 +16,14 @@ from collections.abc import Awaitable, Callable
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 
 from edgeserve.cloud_gateway.core import Credentials, GatewayCore
 from edgeserve.cloud_gateway.tenancy import Principal
+from edgeserve.http_errors import route_errors
 from edgeserve.wire import oip_rest
 from edgeserve.wire.errors import (
     EdgeServeError,
-    InternalError,
     InvalidInput,
     RateLimited,
 )
@@ -55,7 +54,6 @@ def create_rest_app(core: GatewayCore, max_body_bytes: int) -> FastAPI:
     app.state.max_body_bytes = max_body_bytes
     app.include_router(router)
 
-    @app.exception_handler(EdgeServeError)
     async def _error_response(request: Request, exc: EdgeServeError) -> Response:
         core.metrics.errors.labels(exc.code.label, "rest").inc()
         # A flood of 429s must not turn into a flood of log lines.
@@ -79,14 +77,7 @@ def create_rest_app(core: GatewayCore, max_body_bytes: int) -> FastAPI:
             media_type="application/json",
         )
 
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
-        return await _error_response(request, InvalidInput(f"bad request: {exc.errors()}"))
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return await _error_response(request, InternalError(f"internal error: {exc}"))
+    route_errors(app, _error_response)
 
     @app.middleware("http")
     async def _access_log(

@@ -38,11 +38,11 @@ from typing import Annotated, Any, TypeVar
 
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.encoders import jsonable_encoder
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeserve.durable import write_private
+from edgeserve.http_errors import route_errors
 from edgeserve.sync.artifacts import ArtifactStore
 from edgeserve.sync.config import TOKEN_FILE, TOKEN_HASH_FILE, SyncConfig
 from edgeserve.sync.core import CoreThread
@@ -51,7 +51,6 @@ from edgeserve.sync.rollout import RolloutSpec
 from edgeserve.wire.errors import (
     EdgeServeError,
     IntegrityError,
-    InternalError,
     InvalidInput,
     PayloadTooLarge,
     Unauthenticated,
@@ -162,7 +161,6 @@ def create_admin_app(state: AdminState) -> FastAPI:
     app.state.admin = state
     app.include_router(router)
 
-    @app.exception_handler(EdgeServeError)
     async def _error_response(request: Request, exc: EdgeServeError) -> Response:
         log.log(
             logging.ERROR if exc.code.http_status >= 500 else logging.WARNING,
@@ -171,14 +169,7 @@ def create_admin_app(state: AdminState) -> FastAPI:
         )
         return JSONResponse({"error": exc.message}, exc.code.http_status)
 
-    @app.exception_handler(RequestValidationError)
-    async def _bad_request(request: Request, exc: RequestValidationError) -> Response:
-        return await _error_response(request, InvalidInput(f"bad request: {exc.errors()}"))
-
-    @app.exception_handler(Exception)
-    async def _internal(request: Request, exc: Exception) -> Response:
-        log.exception("unhandled error", extra={"path": request.url.path})
-        return await _error_response(request, InternalError(f"internal error: {exc}"))
+    route_errors(app, _error_response)
 
     @app.get("/v1/health")
     async def health(state: State) -> dict[str, Any]:
