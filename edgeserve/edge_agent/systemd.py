@@ -142,11 +142,7 @@ def _noop() -> None:
 def inference_probe(executor: BoundedExecutor, timeout_s: float) -> LivenessProbe:
     """A probe through ``executor``'s threads, outside its pending bound: a full queue is
     load, not a wedge, and must not cost a keep-alive."""
-
-    async def run_on_workers(fn: Callable[[], None]) -> None:
-        await executor.run_unbounded(fn)
-
-    return LivenessProbe(run_on_workers, timeout_s)
+    return LivenessProbe(executor.run_unbounded, timeout_s)
 
 
 class ServesModels(Protocol):
