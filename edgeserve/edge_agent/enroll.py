@@ -41,6 +41,7 @@ from edgeserve.security.pki import (
     IdentityMismatch,
     csr_common_name,
     load_device_csr,
+    private_key_pem,
 )
 from edgeserve.wire.errors import InvalidInput
 from edgeserve.wire.topics import check_device_id
@@ -154,12 +155,7 @@ def _ensure_key(path: Path) -> ec.EllipticCurvePrivateKey:
     if path.exists():
         return _load_key(path)
     key = ec.generate_private_key(ec.SECP256R1())
-    pem = key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-    write_private(path, pem)
+    write_private(path, private_key_pem(key))
     return key
 
 

@@ -302,14 +302,18 @@ def _usable(pair: CertPaths, issuer: x509.Certificate | None, margin: dt.timedel
     return same_key and cert.not_valid_after_utc - margin > _now()
 
 
-def _write_pair(paths: CertPaths, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
-    paths.key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-    key_pem = key.private_bytes(
+def private_key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
+    """Unencrypted PKCS#8 PEM: the file's 0600 mode protects it, as for ssh host keys."""
+    return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
         serialization.NoEncryption(),
     )
-    write_atomic(paths.key, key_pem, 0o600)
+
+
+def _write_pair(paths: CertPaths, cert: x509.Certificate, key: ec.EllipticCurvePrivateKey) -> None:
+    paths.key.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    write_atomic(paths.key, private_key_pem(key), 0o600)
     write_atomic(paths.cert, cert.public_bytes(serialization.Encoding.PEM), 0o644)
 
 
