@@ -146,15 +146,10 @@ class BrokerSetup:
 
     def add_device(self, device_id: str) -> BrokerCredentials:
         """Enroll ``device_id`` (or give it a new password); running brokers reload."""
-        self._check_username(device_id)
-        if device_id in self.service_users:
-            raise InvalidInput(f"{device_id!r} is a service user, not a device")
-        entries = passwords.read_password_file(self.password_file)
-        entries[device_id] = self._new_password(device_id)
+        self._check_device(device_id)
+        password_hash = self._new_password(device_id)
         self.client_cert(device_id)
-        passwords.write_password_file(self.password_file, entries)
-        for broker in self._brokers:
-            broker.reload()
+        self._store_password_hash(device_id, password_hash)
         return self.credentials(device_id)
 
     def enroll(self, device_id: str, csr_pem: bytes) -> DeviceEnrollment:
@@ -165,20 +160,14 @@ class BrokerSetup:
         plaintext password stays here: it travels in the returned enrollment only. The
         ACL needs no change (its patterns are per user); running brokers reload.
         """
-        self._check_username(device_id)
-        if device_id in self.service_users:
-            raise InvalidInput(f"{device_id!r} is a service user, not a device")
+        self._check_device(device_id)
         certificate = sign_device_csr(self.pki.ca, csr_pem, device_id)
         password = passwords.generate_password()
-        entries = passwords.read_password_file(self.password_file)
-        entries[device_id] = passwords.hash_password(password)
-        passwords.write_password_file(self.password_file, entries)
         # A plaintext kept by an earlier add_device would now be a stale password.
         self._credential_path(device_id).unlink(missing_ok=True)
         self.enrolled_dir.mkdir(mode=0o700, exist_ok=True)
         write_atomic(self.enrolled_dir / f"{device_id}.pem", certificate)
-        for broker in self._brokers:
-            broker.reload()
+        self._store_password_hash(device_id, passwords.hash_password(password))
         credentials = BrokerCredentials(device_id, password)
         return DeviceEnrollment(device_id, certificate, self.pki.ca.cert.read_bytes(), credentials)
 
@@ -253,6 +242,19 @@ class BrokerSetup:
             "server": [str(p.resolve()) for p in self.pki.server],
         }
         (self.directory / "setup.json").write_text(json.dumps(saved, indent=2) + "\n")
+
+    def _check_device(self, device_id: str) -> None:
+        self._check_username(device_id)
+        if device_id in self.service_users:
+            raise InvalidInput(f"{device_id!r} is a service user, not a device")
+
+    def _store_password_hash(self, username: str, password_hash: str) -> None:
+        """Write ``username``'s hash into the password file; running brokers reload."""
+        entries = passwords.read_password_file(self.password_file)
+        entries[username] = password_hash
+        passwords.write_password_file(self.password_file, entries)
+        for broker in self._brokers:
+            broker.reload()
 
     def _new_password(self, username: str) -> str:
         """A fresh password: its plaintext to the 0600 credentials file, its hash returned."""
