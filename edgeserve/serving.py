@@ -19,14 +19,18 @@ from typing import Any
 
 import uvicorn
 
+from edgeserve.listen import bind
 
-def listening_socket(host: str, port: int, backlog: int = 1024) -> socket.socket:
+
+def listening_socket(
+    host: str, port: int, backlog: int = 1024, what: str = "HTTP"
+) -> socket.socket:
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     # Accepted sockets inherit this; uvicorn writes headers and body separately, and with
     # Nagle on each small answer would wait for the client's delayed ACK (~40 ms).
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    sock.bind((host, port))
+    bind(sock, (host, port), what)
     sock.listen(backlog)
     return sock
 

@@ -38,8 +38,8 @@ PROBE_REQUESTS = 1000
 REMOTE_PROBE = """
 import http.client, json, sys, time
 import numpy as np
-from edgeserve.models import packaged_artifacts
-from edgeserve.models.data import load_split
+from edgeserve.artifacts import packaged_artifacts
+from models.data import load_split
 from edgeserve.wire import oip_rest
 from edgeserve.wire.tensors import InferRequest, InferTensor
 

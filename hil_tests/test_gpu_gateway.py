@@ -22,11 +22,11 @@ import httpx
 import numpy as np
 import pytest
 
+from cloud_gateway.repository.seed import config_from_card
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.bench import loadgen
 from edgeserve.bench.gateway_harness import build_heavy_mlp
 from edgeserve.client import OipHttpClient
-from edgeserve.cloud_gateway.repository.seed import config_from_card
-from edgeserve.models import packaged_artifacts
 from edgeserve.processes import ServiceProcess, gateway_process
 from edgeserve.wire.model_card import ModelCard
 from hil_tests.hardware import CUDA_EP, TENSORRT_EP, HardwareProbe
@@ -107,7 +107,7 @@ def torch_program_bytes(onnx_path: Path, scratch: Path) -> bytes:
     import torch
     from onnx import numpy_helper
 
-    from edgeserve.models.nets import CloudCNN
+    from models.nets import CloudCNN
 
     graph = onnx.load(str(onnx_path)).graph
     weights = {t.name: torch.from_numpy(numpy_helper.to_array(t).copy()) for t in graph.initializer}
@@ -121,7 +121,7 @@ def torch_program_bytes(onnx_path: Path, scratch: Path) -> bytes:
 
 def plan_bytes(onnx_path: Path, scratch: Path) -> bytes | None:
     """A native TensorRT plan of the reference model, or None without tensorrt here."""
-    from edgeserve.cloud_gateway.backends.tensorrt import build_engine_from_onnx
+    from cloud_gateway.backends.tensorrt import build_engine_from_onnx
     from edgeserve.wire.errors import Unavailable
 
     try:
@@ -154,7 +154,7 @@ def build_repository(root: Path, hardware_torch_cuda: bool) -> Path:
 def gpu_gateway(
     nvidia_gpu: list[str], hardware: HardwareProbe, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[GpuGateway]:
-    from edgeserve.cloud_gateway.tenancy import TenantStore
+    from cloud_gateway.tenancy import TenantStore
 
     root = tmp_path_factory.mktemp("gpu-gateway")
     repository = build_repository(root, hardware.torch_cuda)
@@ -174,7 +174,7 @@ def gpu_gateway(
 
 @pytest.fixture(scope="module")
 def digits_batch() -> tuple[np.ndarray, np.ndarray]:
-    from edgeserve.models.data import load_split
+    from models.data import load_split
 
     x, y = load_split(packaged_artifacts(), "test")
     return x[:MAX_BATCH], y[:MAX_BATCH]

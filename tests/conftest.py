@@ -58,7 +58,7 @@ StartGateway = Callable[..., Gateway]
 @pytest.fixture
 def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
     """``start_gateway(tenants={name: {field: value}}, **env)``: a gateway process with tenants."""
-    from edgeserve.cloud_gateway.tenancy import TenantStore
+    from cloud_gateway.tenancy import TenantStore
 
     started: list[ServiceProcess] = []
 
@@ -84,7 +84,7 @@ def start_gateway(tmp_path: Path) -> Iterator[StartGateway]:
 @pytest.fixture(scope="session")
 def digits():
     """The held-out test split, from the committed artifacts."""
-    from edgeserve.models import packaged_artifacts
-    from edgeserve.models.data import load_split
+    from edgeserve.artifacts import packaged_artifacts
+    from models.data import load_split
 
     return load_split(packaged_artifacts(), "test")

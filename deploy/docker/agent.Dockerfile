@@ -24,6 +24,10 @@ FROM --platform=$BUILDPLATFORM ${PYTHON_IMAGE} AS wheel
 WORKDIR /src
 COPY pyproject.toml README.md ./
 COPY edgeserve ./edgeserve
+COPY edge_agent ./edge_agent
+COPY cloud_gateway ./cloud_gateway
+COPY sync ./sync
+COPY models ./models
 RUN pip wheel --no-cache-dir --no-deps --wheel-dir /wheels .
 
 FROM --platform=$TARGETPLATFORM ${PYTHON_IMAGE} AS base-generic

@@ -122,7 +122,7 @@ def _measure(case: DeltaCase, method: str, budget: _BsdiffBudget) -> DeltaRow:
 
 
 def _cases(big: bool) -> Iterator[DeltaCase]:
-    from edgeserve.models.data import make_split
+    from models.data import make_split
 
     split = make_split()
     yield from small_cases(split)

@@ -20,10 +20,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from edgeserve.models import nets, packaged_artifacts
-from edgeserve.models.data import NUM_CLASSES, NUM_FEATURES, DigitsSplit, FloatArray, LabelArray
-from edgeserve.models.export import export_onnx_bytes
-from edgeserve.models.quantize import quantize_int8
+from edgeserve.artifacts import packaged_artifacts
+from models import nets
+from models.data import NUM_CLASSES, NUM_FEATURES, DigitsSplit, FloatArray, LabelArray
+from models.export import export_onnx_bytes
+from models.quantize import quantize_int8
 
 __all__ = ["CASES", "DeltaCase", "WideMLP", "big_cases", "small_cases"]
 

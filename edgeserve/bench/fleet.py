@@ -16,78 +16,50 @@ record is checked to be stored once.
 from __future__ import annotations
 
 import asyncio
-import csv
-import json
 import random
 import sqlite3
 import tempfile
 import time
-from dataclasses import asdict, dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Any
 
 import httpx
 import numpy as np
 from prometheus_client.parser import text_string_to_metric_families
 from rich.console import Console
 from rich.progress import Progress, TaskID
-from rich.table import Table
 
-from edgeserve.bench.telemetry import GOAL_RECORDS_PER_S, device_batches, run_ingest_bench
+from edgeserve.bench.fleet_report import (
+    MODEL,
+    MODES,
+    FleetBenchResult,
+    RolloutRow,
+    TelemetryRow,
+    rollout_table,
+    telemetry_table,
+    write_results,
+)
+from edgeserve.bench.telemetry import device_batches, run_ingest_bench
 from edgeserve.bench.timing import machine_info
 from edgeserve.broker import BrokerSetup, start_broker
 from edgeserve.eval.fleet import SYNC_USER, FleetStack, start_fleet, start_sync
-from edgeserve.models.finetune import build_edge_version
 from edgeserve.mqtt import MqttLink
 from edgeserve.processes import ServiceProcess, free_port
 from edgeserve.security.pki import ensure_dev_pki
-from edgeserve.sync.admin_client import AdminClient
 from edgeserve.wire import topics
 from edgeserve.wire.errors import DeadlineExceeded, InternalError
 from edgeserve.wire.model_card import ModelCard
 from edgeserve.wire.sync_messages import DeviceStatus, ReportedState, TelemetryAck, decode
+from models.finetune import build_edge_version
+from sync.admin_client import AdminClient
 
 __all__ = ["FleetBenchResult", "RolloutRow", "TelemetryRow", "run_fleet_bench"]
 
 console = Console(width=140)
-MODEL = "digits-edge"
 RECORDS_PER_DEVICE = 2000
 BATCH_RECORDS = 500
-MODES = ("full", "delta")
 ACK_TIMEOUT_S = 10.0  # the agent resends an unacked batch after a timeout; so do we
 Metrics = dict[tuple[str, tuple[tuple[str, str], ...]], float]
-
-
-@dataclass(frozen=True, slots=True)
-class RolloutRow:
-    devices: int
-    mode: str  # "delta": v1 registered, so a delta may win; "full": v1 unknown
-    encoding: str  # as the service issued it (``updates_issued_total`` by encoding)
-    payload_bytes: int  # update chunk bytes the service published, all devices together
-    chunks: int
-    upload_s: float  # artifact upload + golden self-test computed by the service
-    rollout_s: float  # rollout started -> completed, polled every 0.1 s
-    install_p50_s: float  # per device: rollout created -> device marked installed
-    install_p99_s: float
-    state: str
-
-
-@dataclass(frozen=True, slots=True)
-class TelemetryRow:
-    path: str
-    devices: int
-    records: int
-    batches: int
-    resends: int
-    seconds: float
-    records_per_s: float
-
-
-@dataclass
-class FleetBenchResult:
-    machine: dict[str, Any]
-    rollouts: list[RolloutRow]
-    telemetry: list[TelemetryRow]
 
 
 def run_fleet_bench(
@@ -118,9 +90,9 @@ def run_fleet_bench(
                      baseline.records_per_s)
     )  # fmt: skip
     result = FleetBenchResult(machine, rollouts, telemetry)
-    console.print(_rollout_table(rollouts))
-    console.print(_telemetry_table(telemetry))
-    _write(result, out_dir)
+    console.print(rollout_table(rollouts))
+    console.print(telemetry_table(telemetry))
+    write_results(result, out_dir)
     console.print(f"wrote rollouts.csv, telemetry.csv, results.json and fleet.png to {out_dir}")
     return result
 
@@ -330,72 +302,3 @@ def _check_stored(registry_db: Path, devices: list[str]) -> None:
     if stored != len(devices) * RECORDS_PER_DEVICE or acked != len(devices):
         raise InternalError(f"MQTT ingest: stored {stored} records, {acked} devices fully acked")
     console.print(f"[green]checked: {stored:,} records stored once, {acked} devices acked[/]")
-
-
-# -- output ------------------------------------------------------------------------------
-
-
-def _rollout_table(rows: list[RolloutRow]) -> Table:
-    table = Table(title=f"time to update N agents ({MODEL}, canary = N, one stage)")
-    for column in ("N", "mode", "payload issued", "bytes sent", "chunks", "upload s",
-                   "rollout s", "install p50 s", "install p99 s", "state"):  # fmt: skip
-        table.add_column(column, justify="right")
-    for r in rows:
-        table.add_row(
-            str(r.devices), r.mode, r.encoding, f"{r.payload_bytes:,}", str(r.chunks),
-            f"{r.upload_s:.2f}", f"{r.rollout_s:.2f}", f"{r.install_p50_s:.2f}",
-            f"{r.install_p99_s:.2f}", r.state,
-        )  # fmt: skip
-    return table
-
-
-def _telemetry_table(rows: list[TelemetryRow]) -> Table:
-    table = Table(title=f"telemetry ingest (goal {GOAL_RECORDS_PER_S:,} records/s)")
-    for column in ("path", "devices", "records", "batches", "resends", "seconds", "records/s"):
-        table.add_column(column, justify="right")
-    for r in rows:
-        colour = "green" if r.records_per_s >= GOAL_RECORDS_PER_S else "red"
-        table.add_row(
-            r.path, str(r.devices), f"{r.records:,}", str(r.batches), str(r.resends),
-            f"{r.seconds:.2f}", f"[{colour}]{r.records_per_s:,.0f}[/]",
-        )  # fmt: skip
-    return table
-
-
-def _write(result: FleetBenchResult, out_dir: Path) -> None:
-    for name, rows in (("rollouts", result.rollouts), ("telemetry", result.telemetry)):
-        dicts = [asdict(row) for row in rows]
-        with (out_dir / f"{name}.csv").open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=list(dicts[0]))
-            writer.writeheader()
-            writer.writerows(dicts)
-    (out_dir / "results.json").write_text(json.dumps(asdict(result), indent=2) + "\n")
-    _plot(result, out_dir / "fleet.png")
-
-
-def _plot(result: FleetBenchResult, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    sizes = sorted({r.devices for r in result.rollouts})
-    positions = np.arange(len(sizes))
-    for offset, mode in zip((-0.2, 0.2), MODES, strict=True):
-        found = {r.devices: r for r in result.rollouts if r.mode == mode}
-        label = next((f"{mode}: {r.encoding.split('x')[0]}" for r in found.values()), mode)
-        left.bar(positions + offset, [found[n].rollout_s for n in sizes], 0.4, label=label)
-    left.set_xticks(positions, [f"N = {n}" for n in sizes])
-    left.set_ylabel("seconds, rollout start -> completed")
-    left.set_title("time to update N agents", fontsize=9)
-    left.legend(fontsize=8)
-    names = [r.path for r in result.telemetry]
-    right.barh(names, [r.records_per_s for r in result.telemetry], color="tab:green")
-    right.axvline(GOAL_RECORDS_PER_S, color="grey", linestyle=":", label="goal")
-    right.set_xlabel("records per second, ingested and acknowledged")
-    right.set_title(f"telemetry ingest, {result.telemetry[0].devices} devices", fontsize=9)
-    right.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)

@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.bench import loadgen as lg
 from edgeserve.bench.gateway_harness import (
     A_LIMIT,
@@ -38,7 +39,6 @@ from edgeserve.bench.gateway_harness import (
     running_gateway,
 )
 from edgeserve.bench.timing import machine_info
-from edgeserve.models import packaged_artifacts
 
 console = Console(width=None if sys.stdout.isatty() else 132)
 CONCURRENCY = (1, 8, 32, 64)

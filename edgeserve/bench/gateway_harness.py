@@ -24,9 +24,9 @@ from typing import Any
 
 import numpy as np
 
+from cloud_gateway.repository.seed import config_from_card
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.bench import loadgen as lg
-from edgeserve.cloud_gateway.repository.seed import config_from_card
-from edgeserve.models import packaged_artifacts
 from edgeserve.processes import ServiceProcess
 from edgeserve.wire import oip_rest
 from edgeserve.wire.model_card import ModelCard
@@ -160,7 +160,7 @@ class Gateway:
 
 @contextmanager
 def running_gateway(workdir: Path, tag: str, **env: str) -> Iterator[Gateway]:
-    from edgeserve.cloud_gateway.tenancy import TenantStore
+    from cloud_gateway.tenancy import TenantStore
 
     state = workdir / f"state-{tag}"
     state.mkdir()
@@ -201,7 +201,7 @@ def eviction_budget(artifacts: dict[str, Path]) -> int:
 
 def repository_lookup_us(root: Path, model: str = "digits-cloud") -> float:
     """What one ``ModelRepository.entry()`` costs on this repository (in-process)."""
-    from edgeserve.cloud_gateway.repository.manager import ModelRepository
+    from cloud_gateway.repository.manager import ModelRepository
 
     with ThreadPoolExecutor(1) as executor:
         repository = ModelRepository(root, 1 << 30, executor)

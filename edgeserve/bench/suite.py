@@ -88,7 +88,7 @@ def edge_figures(sections: dict[str, Any]) -> list[Figure]:
     figures = [
         Figure("agent core.infer p50, cache off (int8 MLP)", agent, "µs", "raw session.run",
                raw, "≤ +50 µs or ≤ 1.05x", agent - raw <= 50 or agent <= 1.05 * raw),
-        Figure("agent core.infer p50, cache hit", p50("in_process", "agent core.infer, cache hit"),
+        Figure("agent router p50, cache hit", p50("in_process", "agent router, cache hit"),
                "µs", "raw session.run", raw),
         Figure("local REST infer round trip p50", rest, "µs", "raw session.run", rest_raw,
                "≤ +1,000 µs", rest - rest_raw <= 1000),

@@ -21,10 +21,10 @@ from typing import Any
 
 from rich.console import Console
 
-from edgeserve.sync.ingest import ingest_batch
-from edgeserve.sync.registry import Registry
 from edgeserve.wire.errors import InternalError
 from edgeserve.wire.telemetry import OutboxEntry, TelemetryBatch, decode_batch, encode_batch
+from sync.ingest import ingest_batch
+from sync.registry import Registry
 
 GOAL_RECORDS_PER_S = 20_000
 REDELIVER_EVERY = 20

@@ -11,8 +11,8 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgeserve.models.calibrate import CascadeOutcome, TargetKind, calibrate_card, cascade_outcome
 from edgeserve.wire.model_card import ConfidenceScore, ModelCard
+from models.calibrate import CascadeOutcome, TargetKind, calibrate_card, cascade_outcome
 
 
 def calibrate(

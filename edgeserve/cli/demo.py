@@ -29,14 +29,14 @@ from rich.panel import Panel
 from rich.progress import track
 from rich.table import Table
 
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.cli.demo_cascade import show_cascade
 from edgeserve.cli.demo_cloud import show_cloud
 from edgeserve.cli.demo_fleet import show_fleet
 from edgeserve.client import OipError, OipHttpClient
 from edgeserve.eval.stack import start_cascade
-from edgeserve.models import packaged_artifacts
-from edgeserve.models.data import load_split
 from edgeserve.processes import free_port
+from models.data import load_split
 
 DEMO_MODELS = ["digits-edge", "digits-edge-tflite"]
 console = Console()

@@ -11,8 +11,8 @@ import numpy.typing as npt
 from rich.console import Console
 from rich.table import Table
 
+from cloud_gateway.tenancy import TenantStore
 from edgeserve.client import NODELAY, metric_value
-from edgeserve.cloud_gateway.tenancy import TenantStore
 from edgeserve.eval.stack import CascadeStack
 from edgeserve.wire import oip_rest
 from edgeserve.wire.tensors import InferRequest, InferTensor

@@ -21,8 +21,8 @@ from rich.table import Table
 from edgeserve.client import OipHttpClient
 from edgeserve.eval.fleet import FleetStack
 from edgeserve.polling import wait_until
-from edgeserve.sync.admin_client import AdminClient
 from edgeserve.testing.notify import NotifyListener
+from sync.admin_client import AdminClient
 
 MODEL = "digits-edge"
 CRASHED = "edge-3"

@@ -28,17 +28,17 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TaskID, TextColumn
 from rich.table import Table
 
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.client import OipHttpClient, metric_value
 from edgeserve.eval.fleet import SYNC_USER, BrokerKind, FleetStack, start_fleet
-from edgeserve.models import packaged_artifacts
-from edgeserve.models.data import load_split
 from edgeserve.mqtt import BrokerAddress
 from edgeserve.polling import wait_until
-from edgeserve.sync.admin_client import AdminClient
 from edgeserve.wire import topics
 from edgeserve.wire.errors import DeadlineExceeded
 from edgeserve.wire.model_card import ModelCard
 from edgeserve.wire.sync_messages import DesiredState, DeviceStatus, decode
+from models.data import load_split
+from sync.admin_client import AdminClient
 
 DEVICES = ["edge-0", "edge-1", "edge-2", "edge-3"]
 MODEL = "digits-edge"
@@ -54,7 +54,7 @@ def show_fleet(console: Console, workdir: Path, broker_kind: BrokerKind = "auto"
     started = time.perf_counter()
     x, y = load_split(packaged_artifacts(), "test")
     # torch only when the demo trains v2, not whenever the CLI is imported
-    from edgeserve.models.finetune import build_edge_version
+    from models.finetune import build_edge_version
 
     artifact, card = build_edge_version(workdir / "v2")
     stack = start_fleet(workdir / "fleet", DEVICES, broker_kind=broker_kind)

@@ -1,6 +1,6 @@
 """Enrollment commands: ``edgeserve agent enroll-request|enroll-accept`` on the device and
 ``edgeserve fleet enroll`` for the operator — thin adapters over
-``edgeserve.edge_agent.enroll``. Each prints the one path it produced on stdout (for
+``edge_agent.enroll``. Each prints the one path it produced on stdout (for
 scripts) and an error as one line on stderr with exit code 1.
 """
 
@@ -25,7 +25,7 @@ def enroll_request(
     directory: DirOption = DEFAULT_DIR,
 ) -> None:
     """Make this device's key (kept here, 0600) and a certificate request for the operator."""
-    from edgeserve.edge_agent.enroll import request_enrollment
+    from edge_agent.enroll import request_enrollment
 
     csr = _run(lambda: request_enrollment(directory, device_id))
     typer.echo(str(csr))
@@ -37,7 +37,7 @@ def enroll_accept(
     directory: DirOption = DEFAULT_DIR,
 ) -> None:
     """Check the operator's bundle against this device's key and write its config."""
-    from edgeserve.edge_agent.enroll import accept_enrollment
+    from edge_agent.enroll import accept_enrollment
 
     config = _run(lambda: accept_enrollment(directory, bundle))
     typer.echo(str(config))
@@ -69,7 +69,8 @@ def fleet_enroll(
 ) -> None:
     """Sign a device's certificate request and write its enrollment bundle."""
     from edgeserve.broker.enrollment import BrokerSetup
-    from edgeserve.edge_agent.enroll import CloudTarget, issue_bundle
+    from edgeserve.wire.enrollment import CloudTarget
+    from sync.enrollment import issue_bundle
 
     cloud = None
     if gateway is not None:
@@ -98,13 +99,13 @@ def fleet_enroll(
 
 def _default_operator_key() -> Path:
     from edgeserve.security.signing import PUBLIC_NAME
-    from edgeserve.sync.config import SyncConfig
+    from sync.config import SyncConfig
 
     return SyncConfig().state_dir / "keys" / PUBLIC_NAME
 
 
 def _read_text(path: Path) -> str:
-    from edgeserve.edge_agent.enroll import EnrollmentFileError
+    from edgeserve.wire.enrollment import EnrollmentFileError
 
     try:
         return path.read_text()

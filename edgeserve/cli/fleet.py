@@ -41,7 +41,7 @@ class _Target:
     state_dir: Path | None
 
     def client(self) -> Any:
-        from edgeserve.sync.admin_client import AdminClient, load_token
+        from sync.admin_client import AdminClient, load_token
 
         return AdminClient(self.url, load_token(self.token, self.token_file, self.state_dir))
 
@@ -61,7 +61,7 @@ def _connect(
     ] = None,
 ) -> None:
     if state_dir is None and token_file is None:
-        from edgeserve.sync.config import SyncConfig
+        from sync.config import SyncConfig
 
         state_dir = SyncConfig().state_dir
     ctx.obj = _Target(url, token, token_file, state_dir)
@@ -110,8 +110,8 @@ def push(
     wait: Annotated[bool, typer.Option(help="follow the rollout until it ends")] = False,
 ) -> None:
     """Upload an artifact as MODEL@VERSION and start a staged rollout of it."""
-    from edgeserve.sync.admin_client import card_for_upload
     from edgeserve.wire.errors import EdgeServeError
+    from sync.admin_client import card_for_upload
 
     try:
         upload_card = card_for_upload(file, model, version, card)

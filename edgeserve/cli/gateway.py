@@ -19,14 +19,14 @@ ConfigOption = Annotated[
 
 
 def _config(config: Path | None, **overrides: object) -> object:
-    from edgeserve.cloud_gateway.config import GatewayConfig
+    from cloud_gateway.config import GatewayConfig
     from edgeserve.settings import load_settings
 
     return load_settings(GatewayConfig, config, **{k: v for k, v in overrides.items() if v})
 
 
 def _db(config: Path | None) -> Path:
-    from edgeserve.cloud_gateway.config import GatewayConfig
+    from cloud_gateway.config import GatewayConfig
 
     settings = _config(config)
     assert isinstance(settings, GatewayConfig)
@@ -40,8 +40,8 @@ def run(
     port_file: Annotated[Path | None, typer.Option(help="write bound ports here (JSON)")] = None,
 ) -> None:
     """Run the gateway in the foreground."""
-    from edgeserve.cloud_gateway.config import GatewayConfig
-    from edgeserve.cloud_gateway.server import run_gateway
+    from cloud_gateway.config import GatewayConfig
+    from cloud_gateway.server import run_gateway
 
     settings = _config(config, port_file=port_file)
     assert isinstance(settings, GatewayConfig)
@@ -60,7 +60,7 @@ def tenant_add(
     config: ConfigOption = None,
 ) -> None:
     """Create a tenant and print its API key (shown once)."""
-    from edgeserve.cloud_gateway.tenancy import cli
+    from cloud_gateway.tenancy import cli
 
     cli.tenant_add(
         _db(config), name, models.split(","), rate, burst, max_in_flight, weight, priority
@@ -70,7 +70,7 @@ def tenant_add(
 @tenant_app.command("list")
 def tenant_list(config: ConfigOption = None) -> None:
     """List tenants and their limits (never their keys)."""
-    from edgeserve.cloud_gateway.tenancy import cli
+    from cloud_gateway.tenancy import cli
 
     raise typer.Exit(cli.tenant_list(_db(config)))
 
@@ -78,7 +78,7 @@ def tenant_list(config: ConfigOption = None) -> None:
 @tenant_app.command("rotate-key")
 def tenant_rotate_key(name: str, config: ConfigOption = None) -> None:
     """Revoke a tenant's keys and print a new one (shown once)."""
-    from edgeserve.cloud_gateway.tenancy import cli
+    from cloud_gateway.tenancy import cli
 
     raise typer.Exit(cli.tenant_rotate_key(_db(config), name))
 
@@ -86,7 +86,7 @@ def tenant_rotate_key(name: str, config: ConfigOption = None) -> None:
 @tenant_app.command("remove")
 def tenant_remove(name: str, config: ConfigOption = None) -> None:
     """Remove a tenant; its keys stop working at once."""
-    from edgeserve.cloud_gateway.tenancy import cli
+    from cloud_gateway.tenancy import cli
 
     raise typer.Exit(cli.tenant_remove(_db(config), name))
 
@@ -100,8 +100,8 @@ def device_add(
     """Register a device under a tenant and issue its client certificate from the dev CA."""
     from rich.console import Console
 
-    from edgeserve.cloud_gateway.config import GatewayConfig
-    from edgeserve.cloud_gateway.tenancy import cli
+    from cloud_gateway.config import GatewayConfig
+    from cloud_gateway.tenancy import cli
     from edgeserve.security.pki import ensure_dev_pki
 
     settings = _config(config)

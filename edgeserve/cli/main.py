@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.console import Console
 
 from edgeserve.cli import enroll
 from edgeserve.cli.bench import bench_app
@@ -13,7 +14,10 @@ from edgeserve.cli.fleet import fleet_app
 from edgeserve.cli.gateway import gateway_app
 from edgeserve.cli.sync_cmd import sync_app
 
-app = typer.Typer(no_args_is_help=True, add_completion=False, help=__doc__)
+# Locals stay out of tracebacks: they can hold keys and passwords.
+app = typer.Typer(
+    no_args_is_help=True, add_completion=False, help=__doc__, pretty_exceptions_show_locals=False
+)
 agent_app = typer.Typer(no_args_is_help=True, help="The edge agent (device daemon).")
 models_app = typer.Typer(no_args_is_help=True, help="The reference-model pipeline.")
 app.add_typer(agent_app, name="agent")
@@ -46,8 +50,8 @@ def demo(
 @agent_app.command("run")
 def agent_run(config: ConfigOption = None, port_file: PortFileOption = None) -> None:
     """Run the edge agent in the foreground (what the systemd unit starts)."""
-    from edgeserve.edge_agent.config import AgentConfig
-    from edgeserve.edge_agent.server import run_agent
+    from edge_agent.config import AgentConfig
+    from edge_agent.server import run_agent
     from edgeserve.settings import load_settings
 
     overrides = {"port_file": port_file} if port_file else {}
@@ -61,7 +65,7 @@ fleet_app.command("enroll")(enroll.fleet_enroll)
 
 @models_app.command("build")
 def models_build(
-    out: Annotated[Path, typer.Option(help="output folder")] = Path("edgeserve/models/artifacts"),
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("models/artifacts"),
     seed: int = 0,
 ) -> None:
     """Train, export, quantize and convert the reference models, deterministically."""
@@ -105,11 +109,19 @@ def models_calibrate(
     value: Annotated[float, typer.Option(help="the target's value, e.g. 0.1 or 0.985")] = 0.1,
 ) -> None:
     """Fit the temperature and pick the router threshold on the calibration split."""
+    from edgeserve.artifacts import packaged_artifacts
     from edgeserve.cli.calibrate import calibrate
-    from edgeserve.models import packaged_artifacts
 
     calibrate(folder or packaged_artifacts(), model, cloud_model, score, target, value)  # type: ignore[arg-type]
 
 
 def main() -> None:
-    app()
+    from edgeserve.listen import CannotListen
+
+    try:
+        app()
+    except CannotListen as exc:  # the operator's to fix: one line, no traceback
+        Console(stderr=True, soft_wrap=True).print(
+            f"[bold red]error:[/] {exc.message}", highlight=False
+        )
+        raise SystemExit(1) from None

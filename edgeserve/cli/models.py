@@ -14,8 +14,8 @@ EDGE_MODELS = ("digits-edge", "digits-edge-fp32", "digits-edge-tflite")
 
 
 def build(out: Path, seed: int) -> None:
-    from edgeserve.models.build import build_all
-    from edgeserve.models.calibrate import calibrate_card
+    from models.build import build_all
+    from models.calibrate import calibrate_card
 
     out.mkdir(parents=True, exist_ok=True)
     with Progress(transient=True) as progress:
@@ -35,7 +35,7 @@ def build(out: Path, seed: int) -> None:
 
 
 def list_cards(folder: Path | None) -> None:
-    from edgeserve.models import packaged_artifacts
+    from edgeserve.artifacts import packaged_artifacts
 
     folder = folder or packaged_artifacts()
     cards = [ModelCard.load(path) for path in sorted(folder.glob(f"*{CARD_SUFFIX}"))]

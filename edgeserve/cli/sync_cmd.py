@@ -21,8 +21,8 @@ def run(
 ) -> None:
     """Run the sync service in the foreground."""
     from edgeserve.settings import load_settings
-    from edgeserve.sync.config import SyncConfig
-    from edgeserve.sync.service import run_sync
+    from sync.config import SyncConfig
+    from sync.service import run_sync
 
     overrides = {"port_file": port_file} if port_file else {}
     run_sync(load_settings(SyncConfig, config, **overrides))

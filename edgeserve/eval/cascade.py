@@ -23,10 +23,10 @@ from rich.console import Console
 from rich.progress import Progress
 from rich.table import Table
 
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.client import OipHttpClient
 from edgeserve.eval.stack import CLOUD_MODEL, start_cascade
-from edgeserve.models import packaged_artifacts
-from edgeserve.models.data import load_split
+from models.data import load_split
 
 EDGE_MODEL = "digits-edge"
 SWEEP_RATES = (0.0, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0)

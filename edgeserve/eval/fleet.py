@@ -15,15 +15,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.broker import BrokerSetup, EmbeddedBroker, MosquittoProcess, start_broker
 from edgeserve.durable import write_private
-from edgeserve.models import packaged_artifacts
 from edgeserve.processes import ServiceProcess, agent_process, free_port, sync_process
 from edgeserve.security.pki import ensure_dev_pki
 from edgeserve.security.signing import PUBLIC_NAME, ensure_operator_key
-from edgeserve.sync.admin_client import AdminClient
 from edgeserve.wire.errors import DeadlineExceeded
 from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard
+from sync.admin_client import AdminClient
 
 SYNC_USER = "edgeserve-sync"
 FINAL_ROLLOUT_STATES = frozenset({"completed", "halted", "rolled_back", "superseded"})

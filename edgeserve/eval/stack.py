@@ -12,7 +12,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from edgeserve.cloud_gateway.tenancy import TenantStore
+from cloud_gateway.tenancy import TenantStore
 from edgeserve.processes import ServiceProcess, agent_process, gateway_process
 from edgeserve.security.pki import ensure_dev_pki
 

@@ -19,9 +19,7 @@ from edgeserve.wire.model_card import RouterPolicy
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_CHUNK_REQUEST = 4096
 
-UpdateStage = Literal[
-    "verify", "download", "rebuild", "stage", "self_test", "activate", "done"
-]
+UpdateStage = Literal["verify", "download", "rebuild", "stage", "self_test", "activate", "done"]
 
 
 class _Message(BaseModel):

@@ -146,16 +146,16 @@ def test_exposed_ports_are_the_services_default_ports(image: str) -> None:
 
 def default_ports(service: str) -> set[int]:
     if service == "gateway":
-        from edgeserve.cloud_gateway.config import GatewayConfig
+        from cloud_gateway.config import GatewayConfig
 
         fields = GatewayConfig.model_fields
         names = ("http_port", "grpc_port", "grpc_mtls_port")
         return {fields[name].default for name in names}
     if service == "sync":
-        from edgeserve.sync.config import SyncConfig
+        from sync.config import SyncConfig
 
         return {SyncConfig.model_fields["admin_port"].default}
-    from edgeserve.edge_agent.config import AgentConfig
+    from edge_agent.config import AgentConfig
 
     return {AgentConfig.model_fields["port"].default}
 
@@ -182,9 +182,9 @@ def test_env_settings_are_real_config_fields(image: str) -> None:
 
 
 def config_fields(service: str) -> set[str]:
-    from edgeserve.cloud_gateway.config import GatewayConfig
-    from edgeserve.edge_agent.config import AgentConfig
-    from edgeserve.sync.config import SyncConfig
+    from cloud_gateway.config import GatewayConfig
+    from edge_agent.config import AgentConfig
+    from sync.config import SyncConfig
 
     classes: dict[str, type[BaseModel]] = {
         "gateway": GatewayConfig,

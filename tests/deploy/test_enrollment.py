@@ -18,24 +18,19 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.serialization import Encoding
 
+from edge_agent.config import AgentConfig
+from edge_agent.enroll import CertificateMismatch, accept_enrollment, request_enrollment
 from edgeserve.broker import BrokerSetup, EmbeddedBroker, MosquittoProcess, start_broker
 from edgeserve.broker.passwords import read_password_file, verify_password
-from edgeserve.edge_agent.config import AgentConfig
-from edgeserve.edge_agent.enroll import (
-    CertificateMismatch,
-    EnrollmentBundle,
-    EnrollmentFileError,
-    accept_enrollment,
-    issue_bundle,
-    request_enrollment,
-)
 from edgeserve.processes import ServiceProcess, free_port
 from edgeserve.security.pki import CsrInvalid, IdentityMismatch, ensure_dev_pki
 from edgeserve.security.signing import PUBLIC_NAME, ensure_operator_key
 from edgeserve.settings import load_settings
 from edgeserve.wire import topics
+from edgeserve.wire.enrollment import EnrollmentBundle, EnrollmentFileError
 from edgeserve.wire.errors import InvalidInput
 from edgeserve.wire.sync_messages import DeviceStatus
+from sync.enrollment import issue_bundle
 from tests.sync.broker_client import BrokerClient
 
 SYNC_USER = "edgeserve-sync"
@@ -177,7 +172,7 @@ def test_the_operator_keeps_only_the_password_hash(
 def test_a_gateway_target_reuses_the_enrolled_pair_for_mtls(
     tmp_path: Path, setup: BrokerSetup, operator_pub: Path
 ) -> None:
-    from edgeserve.edge_agent.enroll import CloudTarget
+    from edgeserve.wire.enrollment import CloudTarget
 
     device_dir = tmp_path / "etc"
     csr = request_enrollment(device_dir, "dev-1")

@@ -182,7 +182,7 @@ def test_probes_use_named_container_ports(render: Render) -> None:
 
 
 def test_gateway_probes_are_routes_of_the_gateway(render: Render) -> None:
-    from edgeserve.cloud_gateway.rest import router
+    from cloud_gateway.rest import router
 
     routes = {getattr(route, "path", None) for route in router.routes}
     gateway = one(render({}), "Deployment", "gateway")["spec"]["template"]["spec"]
@@ -194,7 +194,7 @@ def test_gateway_probes_are_routes_of_the_gateway(render: Render) -> None:
 
 
 def test_sync_probes_are_routes_of_the_admin_api(render: Render) -> None:
-    from edgeserve.sync.admin_api import AdminState, create_admin_app
+    from sync.admin_api import AdminState, create_admin_app
 
     # The route table is built without touching the state, so none is needed to read it.
     app = create_admin_app(cast(AdminState, None))
@@ -205,9 +205,9 @@ def test_sync_probes_are_routes_of_the_admin_api(render: Render) -> None:
 
 
 def test_container_ports_are_the_services_default_ports(render: Render) -> None:
+    from cloud_gateway.config import GatewayConfig
     from edgeserve.broker.config import production_config
-    from edgeserve.cloud_gateway.config import GatewayConfig
-    from edgeserve.sync.config import SyncConfig
+    from sync.config import SyncConfig
 
     manifests = render({})
     gateway = one(manifests, "Deployment", "gateway")["spec"]["template"]["spec"]["containers"][0]
@@ -227,8 +227,8 @@ def test_container_ports_are_the_services_default_ports(render: Render) -> None:
 @pytest.mark.parametrize(
     ("component", "kind", "config_class"),
     [
-        ("gateway", "Deployment", "edgeserve.cloud_gateway.config:GatewayConfig"),
-        ("sync", "StatefulSet", "edgeserve.sync.config:SyncConfig"),
+        ("gateway", "Deployment", "cloud_gateway.config:GatewayConfig"),
+        ("sync", "StatefulSet", "sync.config:SyncConfig"),
     ],
 )
 def test_rendered_env_is_accepted_by_the_services_config(
@@ -338,7 +338,7 @@ def test_service_monitors_are_rendered_only_when_asked(render: Render) -> None:
 
 
 def test_hpa_scales_the_gateway_on_cpu_and_the_real_queue_depth_metric(render: Render) -> None:
-    from edgeserve.cloud_gateway.metrics import GatewayMetrics
+    from cloud_gateway.metrics import GatewayMetrics
 
     manifests = render(VALUE_SETS["queue-depth-hpa"])
     hpa = one(manifests, "HorizontalPodAutoscaler", "gateway")

@@ -20,13 +20,13 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.config import AgentConfig
 from edgeserve.broker import BrokerSetup
-from edgeserve.edge_agent.config import AgentConfig
-from edgeserve.edge_agent.enroll import issue_bundle
 from edgeserve.processes import free_port
 from edgeserve.security.pki import ensure_dev_pki
 from edgeserve.security.signing import PUBLIC_NAME, ensure_operator_key
 from edgeserve.settings import load_settings
+from sync.enrollment import issue_bundle
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "install-agent.sh"
@@ -74,7 +74,8 @@ def _package_source(destination: Path) -> Path:
     for name in ("pyproject.toml", "README.md"):
         shutil.copy2(REPO / name, destination / name)
     ignore = shutil.ignore_patterns("__pycache__", "*.pyc")
-    shutil.copytree(REPO / "edgeserve", destination / "edgeserve", ignore=ignore)
+    for package in ("edgeserve", "edge_agent", "cloud_gateway", "sync", "models"):
+        shutil.copytree(REPO / package, destination / package, ignore=ignore)
     return destination
 
 

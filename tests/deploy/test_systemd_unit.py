@@ -20,11 +20,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.client import OipHttpClient
-from edgeserve.models import packaged_artifacts
-from edgeserve.models.data import load_split
 from edgeserve.processes import ServiceProcess, agent_process
 from edgeserve.testing.notify import NotifyListener
+from models.data import load_split
 
 REPO = Path(__file__).resolve().parents[2]
 SCRIPT = REPO / "deploy" / "install-agent.sh"

@@ -20,17 +20,17 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.broker import BrokerSetup, find_mosquitto, start_broker
 from edgeserve.broker.config import MosquittoConfig
 from edgeserve.client import OipHttpClient
 from edgeserve.eval.fleet import SYNC_USER, FleetStack, start_sync
-from edgeserve.models import packaged_artifacts
-from edgeserve.models.data import load_split
-from edgeserve.models.finetune import build_edge_version
 from edgeserve.processes import ServiceProcess, agent_process, free_port
 from edgeserve.security.pki import ensure_dev_pki
 from edgeserve.testing.netns import NetNamespace
 from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard
+from models.data import load_split
+from models.finetune import build_edge_version
 
 MODEL = "digits-edge"
 

@@ -22,8 +22,9 @@ async def main(http_url: str, grpc_url: str, key: str, model: str) -> dict:
     rest = kserve.InferenceRESTClient(kserve.RESTConfig(protocol="v2"))
     try:
         live = await rest.is_server_live(http_url)
-        rest_reply = await rest.infer(http_url, request, model_name=model,
-                                      headers={"Authorization": f"Bearer {key}"})
+        rest_reply = await rest.infer(
+            http_url, request, model_name=model, headers={"Authorization": f"Bearer {key}"}
+        )
     finally:
         await rest.close()
     grpc = kserve.InferenceGRPCClient(grpc_url)

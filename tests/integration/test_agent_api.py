@@ -9,10 +9,10 @@ import numpy as np
 import orjson
 import pytest
 
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.client import OipError, OipHttpClient
-from edgeserve.models import packaged_artifacts
-from edgeserve.models.data import load_split
 from edgeserve.wire.model_card import ModelCard
+from models.data import load_split
 
 pytestmark = pytest.mark.integration
 

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
+from edge_agent.outbox import Outbox
 from edgeserve.client import OipHttpClient
-from edgeserve.edge_agent.outbox import Outbox
 from edgeserve.eval.stack import DEVICE_ID, CascadeStack, start_cascade
 from edgeserve.processes import gateway_process
 from edgeserve.security.pki import ensure_dev_pki

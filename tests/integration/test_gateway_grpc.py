@@ -6,7 +6,7 @@ import grpc
 import numpy as np
 import pytest
 
-from edgeserve.cloud_gateway.tenancy import TenantStore
+from cloud_gateway.tenancy import TenantStore
 from edgeserve.security.pki import ensure_dev_pki
 from edgeserve.wire import oip_grpc
 from edgeserve.wire.proto import grpc_service_pb2 as pb
@@ -138,7 +138,7 @@ def test_operator_tls_files_replace_the_dev_pki_on_the_device_port(tmp_path, sta
 
 
 def test_device_port_can_be_switched_off_from_the_environment():
-    from edgeserve.cloud_gateway.config import GatewayConfig
+    from cloud_gateway.config import GatewayConfig
 
     assert GatewayConfig(grpc_mtls_port="off").grpc_mtls_port is None
 
@@ -146,7 +146,7 @@ def test_device_port_can_be_switched_off_from_the_environment():
 def test_tls_files_are_all_or_none():
     from pydantic import ValidationError
 
-    from edgeserve.cloud_gateway.config import GatewayConfig
+    from cloud_gateway.config import GatewayConfig
 
     with pytest.raises(ValidationError, match="go together"):
         GatewayConfig(tls_cert="server.pem")

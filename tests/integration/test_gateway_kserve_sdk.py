@@ -25,9 +25,18 @@ def test_kserve_rest_and_grpc_clients_infer_against_the_gateway(start_gateway, d
     batch = io.BytesIO()
     np.save(batch, x[:8])
     result = subprocess.run(
-        [sys.executable, str(PROBE), gateway.http, gateway.grpc, gateway.keys["app"],
-         "digits-cloud"],
-        input=batch.getvalue(), capture_output=True, check=True, timeout=120,
+        [
+            sys.executable,
+            str(PROBE),
+            gateway.http,
+            gateway.grpc,
+            gateway.keys["app"],
+            "digits-cloud",
+        ],
+        input=batch.getvalue(),
+        capture_output=True,
+        check=True,
+        timeout=120,
     )
     answers = json.loads(result.stdout)
     assert answers["live"] is True

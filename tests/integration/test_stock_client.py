@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edgeserve.models import packaged_artifacts
-from edgeserve.models.data import load_split
+from edgeserve.artifacts import packaged_artifacts
+from models.data import load_split
 
 httpclient = pytest.importorskip("tritonclient.http")
 pytestmark = pytest.mark.integration

@@ -19,22 +19,22 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.broker import find_mosquitto
 from edgeserve.client import OipHttpClient, metric_value
 from edgeserve.eval.fleet import SYNC_USER, FleetStack, start_fleet
-from edgeserve.models import packaged_artifacts
-from edgeserve.models.data import load_split
-from edgeserve.models.finetune import build_edge_version
-from edgeserve.models.train import TrainConfig
 from edgeserve.polling import wait_until
 from edgeserve.security.signing import OperatorKey, ensure_operator_key
-from edgeserve.sync.golden import compute_self_test
 from edgeserve.testing.fault_proxy import FaultProxy
 from edgeserve.wire import topics
 from edgeserve.wire.delta import build_payload
 from edgeserve.wire.manifest import PayloadSpec, SignedManifest, UpdateManifest
 from edgeserve.wire.model_card import ModelCard
 from edgeserve.wire.sync_messages import DesiredState, UpdateResult
+from models.data import load_split
+from models.finetune import build_edge_version
+from models.train import TrainConfig
+from sync.golden import compute_self_test
 from tests.sync.broker_client import BrokerClient
 
 pytestmark = [

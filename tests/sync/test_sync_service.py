@@ -14,10 +14,10 @@ import pytest
 
 from edgeserve.broker import BrokerSetup, MosquittoProcess
 from edgeserve.processes import ServiceProcess, sync_process
-from edgeserve.sync.admin_client import AdminClient, card_for_upload
 from edgeserve.wire import topics
 from edgeserve.wire.errors import Unauthenticated
 from edgeserve.wire.sync_messages import ChunkRequest, DesiredState
+from sync.admin_client import AdminClient, card_for_upload
 from tests.sync.conftest import SYNC_USER, ConnectClient
 from tests.unit.sync_setup import MODEL, build_fleet
 
@@ -151,13 +151,13 @@ def test_sigterm_stops_the_service_with_exit_code_0(sync: RunningSync) -> None:
 
 
 def _card_path() -> Path:
-    from edgeserve.models import packaged_artifacts
+    from edgeserve.artifacts import packaged_artifacts
 
     return packaged_artifacts() / f"{MODEL}.card.json"
 
 
 def _v3_bytes() -> bytes:
-    from edgeserve.models import packaged_artifacts
+    from edgeserve.artifacts import packaged_artifacts
     from tests.unit.sync_setup import fine_tuned
 
     return fine_tuned(fine_tuned((packaged_artifacts() / f"{MODEL}.onnx").read_bytes()))

@@ -9,16 +9,16 @@ from pathlib import Path
 import onnx
 from onnx import numpy_helper
 
-from edgeserve.models import packaged_artifacts
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.security.signing import OperatorKey, ensure_operator_key
-from edgeserve.sync.artifacts import ArtifactStore
-from edgeserve.sync.handlers import HandlerContext
-from edgeserve.sync.metrics import SyncMetrics
-from edgeserve.sync.registry import Registry
-from edgeserve.sync.rollout import RolloutController
-from edgeserve.sync.updates import UpdateIssuer
 from edgeserve.wire.model_card import ModelCard
 from edgeserve.wire.sync_messages import ReportedState, RunningModel
+from sync.artifacts import ArtifactStore
+from sync.handlers import HandlerContext
+from sync.metrics import SyncMetrics
+from sync.registry import Registry
+from sync.rollout import RolloutController
+from sync.updates import UpdateIssuer
 
 MODEL = "digits-edge"
 CHUNK_SIZE = 1024

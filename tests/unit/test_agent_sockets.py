@@ -2,8 +2,8 @@
 
 import socket
 
-from edgeserve.edge_agent.config import AgentConfig
-from edgeserve.edge_agent.server import bind_sockets
+from edge_agent.config import AgentConfig
+from edge_agent.server import bind_sockets
 
 
 def test_tcp_socket_disables_nagle_so_responses_do_not_wait_for_delayed_acks(tmp_path):

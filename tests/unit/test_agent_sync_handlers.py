@@ -17,19 +17,19 @@ import numpy as np
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edgeserve.edge_agent.config import AgentConfig
-from edgeserve.edge_agent.core import AgentCore
-from edgeserve.edge_agent.executor import BoundedExecutor
-from edgeserve.edge_agent.metrics import SyncMetrics
-from edgeserve.edge_agent.outbox import Outbox
-from edgeserve.edge_agent.router import Router
-from edgeserve.edge_agent.runtimes import RuntimeOptions, open_session
-from edgeserve.edge_agent.sync import handlers
-from edgeserve.edge_agent.sync.handlers import SyncContext
-from edgeserve.edge_agent.sync.telemetry import TelemetryUploader
-from edgeserve.edge_agent.updates import Updater
-from edgeserve.models import packaged_artifacts
+from edge_agent.config import AgentConfig
+from edge_agent.core import AgentCore
+from edge_agent.executor import BoundedExecutor
+from edge_agent.metrics import SyncMetrics
+from edge_agent.outbox import Outbox
+from edge_agent.router import Router
+from edge_agent.sync import handlers
+from edge_agent.sync.handlers import SyncContext
+from edge_agent.sync.telemetry import TelemetryUploader
+from edge_agent.updates import Updater
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.mqtt import Message
+from edgeserve.runtimes import RuntimeOptions, open_session
 from edgeserve.security.signing import OperatorKey, ensure_operator_key
 from edgeserve.wire import topics
 from edgeserve.wire.delta import candidates
@@ -309,7 +309,7 @@ def test_an_agent_that_syncs_must_pin_the_operator_key(tmp_path):
 
 
 def test_the_broker_user_defaults_to_the_device_id(tmp_path):
-    from edgeserve.edge_agent.sync.client import broker_address
+    from edge_agent.sync.client import broker_address
 
     (tmp_path / "pw").write_text("s3cret\n")
     config = AgentConfig(

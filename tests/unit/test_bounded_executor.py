@@ -5,7 +5,7 @@ import threading
 
 import pytest
 
-from edgeserve.edge_agent.executor import BoundedExecutor
+from edge_agent.executor import BoundedExecutor
 from edgeserve.wire.errors import Unavailable
 
 

@@ -7,17 +7,17 @@ import numpy as np
 import pytest
 
 from edgeserve.cli.calibrate import calibrate
-from edgeserve.models.calibrate import (
+from edgeserve.wire.confidence import expected_calibration_error, softmax
+from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard, file_sha256
+from models.calibrate import (
     calibrate_card,
     candidate_thresholds,
     choose_threshold,
     fit_temperature,
     sweep,
 )
-from edgeserve.wire.confidence import expected_calibration_error, softmax
-from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard, file_sha256
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "edgeserve" / "models" / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "models" / "artifacts"
 
 
 def _sampled(temperature: float, rows: int = 20000, seed: int = 0):

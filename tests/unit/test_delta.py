@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import pyzstd
 
-from edgeserve.models import packaged_artifacts
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.wire.delta import (
     Payload,
     apply_payload,

@@ -8,7 +8,7 @@ HEAVY = ("torch", "sklearn", "fastapi", "grpc", "tensorrt", "matplotlib")
 
 def test_agent_server_and_demo_import_no_heavy_package():
     probe = (
-        "import sys, edgeserve.edge_agent.server, edgeserve.cli.demo, edgeserve.cli.main;"
+        "import sys, edge_agent.server, edgeserve.cli.demo, edgeserve.cli.main;"
         f"print([m for m in {HEAVY!r} if m in sys.modules])"
     )
     result = subprocess.run(
@@ -19,9 +19,9 @@ def test_agent_server_and_demo_import_no_heavy_package():
 
 def test_an_agent_without_a_broker_loads_no_sync_machinery():
     probe = (
-        "import sys, edgeserve.edge_agent.server;"
-        "print([m for m in ('paho', 'edgeserve.edge_agent.sync.client', "
-        "'edgeserve.edge_agent.updates') if m in sys.modules])"
+        "import sys, edge_agent.server;"
+        "print([m for m in ('paho', 'edge_agent.sync.client', "
+        "'edge_agent.updates') if m in sys.modules])"
     )
     result = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from edgeserve.edge_agent.escalation import BreakerState, BreakerTransitions, CircuitBreaker
+from edge_agent.escalation import BreakerState, BreakerTransitions, CircuitBreaker
 
 
 class FakeClock:

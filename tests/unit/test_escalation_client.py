@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from edgeserve.edge_agent.escalation import (
+from edge_agent.escalation import (
     BreakerState,
     CircuitBreaker,
     DegradedReason,
@@ -206,7 +206,7 @@ def test_stats_count_requests_attempts_successes_and_reasons():
 
 def test_importing_escalation_does_not_import_grpc():
     probe = (
-        "import sys, edgeserve.edge_agent.escalation;"
+        "import sys, edge_agent.escalation;"
         "print([m for m in ('grpc', 'google.protobuf') if m in sys.modules])"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)

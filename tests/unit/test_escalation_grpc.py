@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from edgeserve.cloud_gateway.tenancy import TenantStore
-from edgeserve.edge_agent.escalation import (
+from cloud_gateway.tenancy import TenantStore
+from edge_agent.escalation import (
     BreakerState,
     CircuitBreaker,
     EscalationClient,

@@ -8,7 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
-from edgeserve.edge_agent.escalation import GrpcCloudTransport, InMemoryCloudTransport
+from edge_agent.escalation import GrpcCloudTransport, InMemoryCloudTransport
 from edgeserve.wire import oip_grpc
 from edgeserve.wire.errors import (
     DeadlineExceeded,

@@ -13,9 +13,9 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from edgeserve.cloud_gateway.backends import load_backend
-from edgeserve.cloud_gateway.backends.onnxruntime import choose_providers, provider_entries
-from edgeserve.cloud_gateway.repository.config import ModelConfig
+from cloud_gateway.backends import load_backend
+from cloud_gateway.backends.onnxruntime import choose_providers, provider_entries
+from cloud_gateway.repository.config import ModelConfig
 from edgeserve.wire.errors import InternalError, InvalidInput, Unavailable
 from edgeserve.wire.model_card import TensorSpec
 
@@ -131,7 +131,7 @@ def torch_versions(repo: Path) -> dict[str, Path]:
 
 def test_importing_the_backends_package_imports_neither_torch_nor_tensorrt():
     probe = (
-        "import sys, edgeserve.cloud_gateway.backends;"
+        "import sys, cloud_gateway.backends;"
         "print([m for m in ('torch', 'tensorrt') if m in sys.modules])"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
@@ -191,7 +191,7 @@ def test_tensorrt_provider_caches_engines_beside_the_versions(tmp_path: Path):
 
 
 def test_onnxruntime_logs_requested_and_used_providers(repo: Path, caplog):
-    with caplog.at_level(logging.INFO, logger="edgeserve.cloud_gateway.backends.onnxruntime"):
+    with caplog.at_level(logging.INFO, logger="cloud_gateway.backends.onnxruntime"):
         load_backend(make_config(device="auto"), repo / "linear" / "1")
     record = next(r for r in caplog.records if r.getMessage() == "onnxruntime session ready")
     assert record.model == "linear"
@@ -315,7 +315,7 @@ def test_tensorrt_backend_without_tensorrt_or_gpu_is_unavailable(tmp_path: Path)
     (tmp_path / "model.plan").write_bytes(b"not an engine")
     with pytest.raises(Unavailable, match=r"^TensorRT backend needs the 'gpu' extra"):
         load_backend(make_config("tensorrt"), tmp_path)
-    from edgeserve.cloud_gateway.backends.tensorrt import build_engine_from_onnx
+    from cloud_gateway.backends.tensorrt import build_engine_from_onnx
 
     with pytest.raises(Unavailable, match="NVIDIA GPU"):
         build_engine_from_onnx(tmp_path / "model.onnx", tmp_path / "model.plan", max_batch=8)

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeserve.cloud_gateway.repository.manager import ModelRepository
-from edgeserve.cloud_gateway.repository.seed import seed_repository
-from edgeserve.models import packaged_artifacts
+from cloud_gateway.repository.manager import ModelRepository
+from cloud_gateway.repository.seed import seed_repository
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.wire.errors import ModelNotFound, Unavailable
 
 MODEL_BYTES = (packaged_artifacts() / "digits-cloud.onnx").stat().st_size
@@ -100,8 +100,11 @@ def test_version_policy_latest_serves_only_the_newest(repo_dir):
 def test_specific_version_policy_serves_the_listed_versions(repo_dir):
     shutil.copytree(repo_dir / "digits-cloud" / "1", repo_dir / "digits-cloud" / "2")
     config = repo_dir / "digits-cloud" / "config.toml"
-    config.write_text(config.read_text().replace(
-        "[batching]", '[version_policy]\nspecific = ["1", "2"]\n\n[batching]'))
+    config.write_text(
+        config.read_text().replace(
+            "[batching]", '[version_policy]\nspecific = ["1", "2"]\n\n[batching]'
+        )
+    )
 
     async def body(repository: ModelRepository):
         return repository.entry("digits-cloud").versions

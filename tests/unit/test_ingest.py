@@ -6,10 +6,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeserve.sync.ingest import fleet_dropped, fleet_summary, ingest_batch
-from edgeserve.sync.registry import Registry
 from edgeserve.wire.sync_messages import ReportedState, RunningModel
 from edgeserve.wire.telemetry import OutboxEntry, TelemetryBatch, decode_batch, encode_batch
+from sync.ingest import fleet_dropped, fleet_summary, ingest_batch
+from sync.registry import Registry
 
 
 def request(version: str = "1.0", latency_ms: float = 2.0, **fields: Any) -> dict[str, Any]:
@@ -17,8 +17,12 @@ def request(version: str = "1.0", latency_ms: float = 2.0, **fields: Any) -> dic
 
 
 def batch(
-    from_seq: int, to_seq: int, device: str = "dev-1", dropped: int = 0,
-    data: dict[int, dict[str, Any]] | None = None, kind: str = "request",
+    from_seq: int,
+    to_seq: int,
+    device: str = "dev-1",
+    dropped: int = 0,
+    data: dict[int, dict[str, Any]] | None = None,
+    kind: str = "request",
 ) -> TelemetryBatch:
     """A batch covering (from_seq, to_seq], round-tripped through the wire encoding."""
     data = data or {}
@@ -112,19 +116,24 @@ def test_fleet_summary_computes_rates_and_percentiles_per_version(registry: Regi
     latencies = [float(x) for x in range(1, 101)]
     data = {
         seq: request(
-            latency_ms=latencies[seq - 1], escalated=seq % 4 == 0,
+            latency_ms=latencies[seq - 1],
+            escalated=seq % 4 == 0,
             agreement=1.0 if seq % 8 == 0 else (0.0 if seq % 4 == 0 else None),
-            error="internal" if seq % 10 == 0 else None, degraded=seq % 5 == 0,
-            cache_hit=seq % 2 == 0, rows=2,
+            error="internal" if seq % 10 == 0 else None,
+            degraded=seq % 5 == 0,
+            cache_hit=seq % 2 == 0,
+            rows=2,
         )
         for seq in range(1, 101)
     }
     data[101] = request(version="2.0", latency_ms=9.0)
     ingest_batch(registry, batch(0, 101, data=data))
     ingest_batch(registry, batch(0, 1, device="dev-2", data={1: request(version="2.0")}))
-    registry.record_reported(ReportedState(
-        device_id="dev-2", models={"digits-edge": RunningModel(version="2.0", sha256="a")}
-    ))
+    registry.record_reported(
+        ReportedState(
+            device_id="dev-2", models={"digits-edge": RunningModel(version="2.0", sha256="a")}
+        )
+    )
     v1, v2 = fleet_summary(registry)
     assert (v1.version, v1.devices, v1.running, v1.requests, v1.rows) == ("1.0", 1, 0, 100, 200)
     assert v1.escalation_rate == pytest.approx(0.25) and v1.agreement == pytest.approx(12 / 25)
@@ -132,9 +141,7 @@ def test_fleet_summary_computes_rates_and_percentiles_per_version(registry: Regi
     assert v1.cache_hit_rate == pytest.approx(0.5)
     assert v1.p50_latency_ms == pytest.approx(np.percentile(latencies, 50))
     assert v1.p99_latency_ms == pytest.approx(np.percentile(latencies, 99))
-    assert (v2.version, v2.devices, v2.running, v2.requests, v2.agreement) == (
-        "2.0", 2, 1, 2, None
-    )
+    assert (v2.version, v2.devices, v2.running, v2.requests, v2.agreement) == ("2.0", 2, 1, 2, None)
 
 
 def test_fleet_summary_filters_by_model(registry: Registry):

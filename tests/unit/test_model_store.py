@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.edge_agent.store import ModelStore
+from edge_agent.store import ModelStore
 from edgeserve.wire.errors import IntegrityError, ModelNotFound
 from edgeserve.wire.model_card import ModelCard, TensorSpec, file_sha256
 

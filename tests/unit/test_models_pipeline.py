@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeserve.models.data import NUM_CLASSES, load_split
 from edgeserve.wire.model_card import ModelCard, card_path_for, file_sha256
+from models.data import NUM_CLASSES, load_split
 
-ARTIFACTS = Path(__file__).resolve().parents[2] / "edgeserve" / "models" / "artifacts"
+ARTIFACTS = Path(__file__).resolve().parents[2] / "models" / "artifacts"
 CLASSIFIER_ARTIFACTS = {
     "digits-edge-fp32": "digits-edge-fp32.onnx",
     "digits-edge": "digits-edge.onnx",
@@ -21,7 +21,7 @@ CLASSIFIER_ARTIFACTS = {
 
 def _onnx_accuracy(name: str) -> float:
     pytest.importorskip("onnxruntime")
-    from edgeserve.models.evaluate import onnx_accuracy
+    from models.evaluate import onnx_accuracy
 
     x, y = load_split(ARTIFACTS, "test")
     return onnx_accuracy(ARTIFACTS / CLASSIFIER_ARTIFACTS[name], x, y)
@@ -63,7 +63,7 @@ def _gemm_model(extra_op: str | None = None, trans_b: int = 1):
 @pytest.fixture(scope="module")
 def split():
     pytest.importorskip("sklearn")
-    from edgeserve.models.data import make_split
+    from models.data import make_split
 
     return make_split(seed=0)
 
@@ -144,7 +144,7 @@ def test_committed_artifacts_stay_well_under_five_megabytes():
 
 def test_edge_model_has_fewer_than_50k_parameters():
     pytest.importorskip("torch")
-    from edgeserve.models.nets import EdgeMLP, count_parameters
+    from models.nets import EdgeMLP, count_parameters
 
     card = ModelCard.load(ARTIFACTS / "digits-edge-fp32.card.json")
     assert count_parameters(EdgeMLP()) == card.parameters < 50_000
@@ -170,7 +170,7 @@ def test_fp32_card_accuracy_is_what_onnxruntime_measures_on_the_committed_split(
 def test_tflite_and_onnx_fp32_agree_on_top1_for_99_percent_of_the_test_split():
     pytest.importorskip("onnxruntime")
     pytest.importorskip("ai_edge_litert")
-    from edgeserve.models.evaluate import run_onnx, run_tflite
+    from models.evaluate import run_onnx, run_tflite
 
     x, _ = load_split(ARTIFACTS, "test")
     onnx_top1 = run_onnx(ARTIFACTS / "digits-edge-fp32.onnx", x).argmax(axis=1)
@@ -201,7 +201,7 @@ def test_committed_tflite_model_has_batch_one_with_a_dynamic_batch_signature():
 
 def test_tflite_converter_rejects_an_unsupported_op_with_unsupported_graph_error():
     pytest.importorskip("tflite")
-    from edgeserve.models.tflite_convert import UnsupportedGraphError, parse_dense_graph
+    from models.tflite_convert import UnsupportedGraphError, parse_dense_graph
 
     with pytest.raises(UnsupportedGraphError, match="Sigmoid"):
         parse_dense_graph(_gemm_model(extra_op="Sigmoid"))
@@ -213,7 +213,7 @@ def test_tflite_converter_transposes_gemm_weights_stored_without_trans_b(tmp_pat
     pytest.importorskip("tflite")
     import onnx
 
-    from edgeserve.models.tflite_convert import convert_onnx_to_tflite, verify_against_onnx
+    from models.tflite_convert import convert_onnx_to_tflite, verify_against_onnx
 
     onnx_path = tmp_path / "m.onnx"
     onnx.save(_gemm_model(extra_op="Relu", trans_b=0), str(onnx_path))
@@ -225,8 +225,8 @@ def test_tflite_converter_transposes_gemm_weights_stored_without_trans_b(tmp_pat
 def test_tflite_conversion_is_byte_deterministic_for_the_same_weights(tmp_path):
     net = _tiny_dense_net()
     pytest.importorskip("tflite")
-    from edgeserve.models.export import export_classifier
-    from edgeserve.models.tflite_convert import convert_onnx_to_tflite
+    from models.export import export_classifier
+    from models.tflite_convert import convert_onnx_to_tflite
 
     onnx_path = export_classifier(net, tmp_path / "tiny.onnx")
     first = convert_onnx_to_tflite(onnx_path, tmp_path / "a.tflite").read_bytes()
@@ -236,7 +236,7 @@ def test_tflite_conversion_is_byte_deterministic_for_the_same_weights(tmp_path):
 
 def test_onnx_export_is_byte_deterministic_for_the_same_weights(tmp_path):
     net = _tiny_dense_net()
-    from edgeserve.models.export import export_classifier
+    from models.export import export_classifier
 
     first = export_classifier(net, tmp_path / "a.onnx").read_bytes()
     second = export_classifier(net, tmp_path / "b.onnx").read_bytes()
@@ -246,7 +246,7 @@ def test_onnx_export_is_byte_deterministic_for_the_same_weights(tmp_path):
 def test_exported_onnx_has_a_dynamic_batch_axis_and_matches_torch(tmp_path):
     net = _tiny_dense_net()
     pytest.importorskip("onnxruntime")
-    from edgeserve.models.export import export_classifier, verify_against_torch
+    from models.export import export_classifier, verify_against_torch
 
     path = export_classifier(net, tmp_path / "tiny.onnx")
     x = np.random.default_rng(2).random((5, 64), dtype=np.float32)

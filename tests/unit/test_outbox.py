@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from edgeserve.edge_agent.outbox import Outbox
+from edge_agent.outbox import Outbox
 
 
 def test_records_survive_reopening_in_order(tmp_path: Path):

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from edgeserve.edge_agent.outbox import Outbox
+from edge_agent.outbox import Outbox
 
 
 def test_append_many_stores_rows_in_order_with_growing_seqs(tmp_path: Path):

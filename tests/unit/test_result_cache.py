@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from edgeserve.edge_agent.cache import ResultCache, cache_key
+from edge_agent.cache import ResultCache, cache_key
 from edgeserve.wire.tensors import InferTensor
 
 

@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.sync.ingest import ingest_batch
-from edgeserve.sync.registry import Registry
-from edgeserve.sync.rollout import Assign, RolloutController, RolloutNotFound, RolloutSpec
 from edgeserve.wire.errors import InvalidInput, ModelNotFound, UpdateRefused
 from edgeserve.wire.model_card import ModelCard, TensorSpec
 from edgeserve.wire.sync_messages import ReportedState, RunningModel, UpdateResult
 from edgeserve.wire.telemetry import OutboxEntry, TelemetryBatch
+from sync.ingest import ingest_batch
+from sync.registry import Registry
+from sync.rollout import Assign, RolloutController, RolloutNotFound, RolloutSpec
 
 MODEL = "digits-edge"
 
@@ -25,8 +25,13 @@ class Clock:
 
 def card(version: str) -> ModelCard:
     return ModelCard(
-        name=MODEL, version=version, format="onnx", file="m.onnx", sha256="0" * 64,
-        size_bytes=10, inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 64])],
+        name=MODEL,
+        version=version,
+        format="onnx",
+        file="m.onnx",
+        sha256="0" * 64,
+        size_bytes=10,
+        inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 64])],
         outputs=[TensorSpec(name="logits", datatype="FP32", shape=[-1, 10])],
     )
 
@@ -38,15 +43,26 @@ def report(registry: Registry, device_id: str, version: str | None, group: str =
 
 def result(device_id: str, ok: bool = True, version: str = "2.0") -> UpdateResult:
     return UpdateResult(
-        device_id=device_id, model=MODEL, version=version, ok=ok,
-        stage="done" if ok else "self_test", reason="" if ok else "golden mismatch",
+        device_id=device_id,
+        model=MODEL,
+        version=version,
+        ok=ok,
+        stage="done" if ok else "self_test",
+        reason="" if ok else "golden mismatch",
         running_version=version if ok else "1.0",
     )
 
 
 def spec(**overrides) -> RolloutSpec:
-    settings = {"model": MODEL, "version": "2.0", "canary": 1, "stages": [0.5, 1.0],
-                "max_failures": 2, "max_failure_rate": 0.5, **overrides}
+    settings = {
+        "model": MODEL,
+        "version": "2.0",
+        "canary": 1,
+        "stages": [0.5, 1.0],
+        "max_failures": 2,
+        "max_failure_rate": 0.5,
+        **overrides,
+    }
     return RolloutSpec(**settings)
 
 
@@ -86,7 +102,10 @@ def test_the_canary_is_the_first_device_in_id_order(controller: RolloutControlle
     assert assigns == [Assign("dev-00", MODEL, "2.0", False, rollout_id)]
     view = controller.show(rollout_id)
     assert (view.state, view.stage, view.counts["assigned"], view.counts["pending"]) == (
-        "running", 0, 1, 9
+        "running",
+        0,
+        1,
+        9,
     )
 
 
@@ -176,8 +195,13 @@ def test_failures_over_threshold_halt_and_roll_back(controller: RolloutControlle
     ]
     view = controller.show(rollout_id)
     assert view.state == "halted" and "2 update failures" in view.reason
-    assert view.counts == {"pending": 6, "assigned": 0, "installed": 0, "failed": 2,
-                           "rolled_back": 2}
+    assert view.counts == {
+        "pending": 6,
+        "assigned": 0,
+        "installed": 0,
+        "failed": 2,
+        "rolled_back": 2,
+    }
 
 
 def test_a_failure_rate_over_threshold_halts(controller: RolloutController):
@@ -193,14 +217,22 @@ def test_an_error_rate_over_threshold_after_soak_halts(
     rollout_id, _ = controller.start(spec(soak_s=30, max_error_rate=0.1))
     install(controller, ["dev-00"])
     records = [
-        OutboxEntry(seq=seq, kind="request", created=clock.now, data={
-            "model": MODEL, "version": "2.0", "latency_ms": 1.0,
-            "error": "internal" if seq <= 2 else None,
-        })
+        OutboxEntry(
+            seq=seq,
+            kind="request",
+            created=clock.now,
+            data={
+                "model": MODEL,
+                "version": "2.0",
+                "latency_ms": 1.0,
+                "error": "internal" if seq <= 2 else None,
+            },
+        )
         for seq in range(1, 11)
     ]
-    ingest_batch(registry, TelemetryBatch(device_id="dev-00", from_seq=0, to_seq=10,
-                                          records=records))
+    ingest_batch(
+        registry, TelemetryBatch(device_id="dev-00", from_seq=0, to_seq=10, records=records)
+    )
     assert controller.tick() == []  # still soaking
     clock.now += 30
     assert controller.tick() == [Assign("dev-00", MODEL, "1.0", True, rollout_id)]
@@ -247,9 +279,7 @@ def test_an_offline_device_stays_assigned_until_it_reports(
     assert controller.show(rollout_id).devices[0].state == "assigned"
 
 
-def test_a_group_rollout_targets_only_that_group(
-    registry: Registry, controller: RolloutController
-):
+def test_a_group_rollout_targets_only_that_group(registry: Registry, controller: RolloutController):
     report(registry, "edge-a", "1.0", group="east")
     report(registry, "edge-b", "1.0", group="east")
     rollout_id, assigns = controller.start(spec(group="east", canary=1))
@@ -295,9 +325,17 @@ def test_an_unknown_rollout_is_not_found(controller: RolloutController):
 
 @pytest.mark.parametrize(
     "overrides",
-    [{"canary": 0}, {"canary": 1.5}, {"canary": True}, {"stages": []}, {"stages": [0.5]},
-     {"stages": [0.8, 0.5, 1.0]}, {"max_failure_rate": 2.0}, {"soak_s": -1},
-     {"promote_after_healthy": 0}],
+    [
+        {"canary": 0},
+        {"canary": 1.5},
+        {"canary": True},
+        {"stages": []},
+        {"stages": [0.5]},
+        {"stages": [0.8, 0.5, 1.0]},
+        {"max_failure_rate": 2.0},
+        {"soak_s": -1},
+        {"promote_after_healthy": 0},
+    ],
 )
 def test_invalid_specs_are_refused(overrides):
     with pytest.raises(InvalidInput):

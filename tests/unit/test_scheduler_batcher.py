@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from edgeserve.cloud_gateway.scheduler import BatchingConfig, DynamicBatcher, Tensors
+from cloud_gateway.scheduler import BatchingConfig, DynamicBatcher, Tensors
 from edgeserve.wire.errors import (
     DeadlineExceeded,
     InternalError,

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 
 import pytest
 
-from edgeserve.cloud_gateway.scheduler import FairQueue
+from cloud_gateway.scheduler import FairQueue
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 import pytest
 
-from edgeserve.cloud_gateway.scheduler import (
+from cloud_gateway.scheduler import (
     RateLimit,
     TenantLimiter,
     TokenBucket,

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.edge_agent.executor import BoundedExecutor
-from edgeserve.edge_agent.systemd import (
+from edge_agent.executor import BoundedExecutor
+from edge_agent.systemd import (
     Notifier,
     Watchdog,
     agent_health_check,

@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.edge_agent.config import AgentConfig
+from edge_agent.config import AgentConfig
 from edgeserve.settings import load_settings
 from edgeserve.wire.errors import InvalidInput
 

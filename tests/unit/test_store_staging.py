@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.edge_agent.store import ModelStore
-from edgeserve.models import packaged_artifacts
+from edge_agent.store import ModelStore
+from edgeserve.artifacts import packaged_artifacts
 from edgeserve.wire.errors import IntegrityError, InvalidInput
 from edgeserve.wire.model_card import ModelCard
 

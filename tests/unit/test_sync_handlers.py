@@ -12,13 +12,6 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.sync.handlers import (
-    dispatch,
-    on_reported,
-    on_status,
-    on_telemetry,
-    on_update_request,
-)
 from edgeserve.wire import topics
 from edgeserve.wire.sync_messages import (
     ChunkRequest,
@@ -27,6 +20,13 @@ from edgeserve.wire.sync_messages import (
     TelemetryAck,
 )
 from edgeserve.wire.telemetry import OutboxEntry, TelemetryBatch, encode_batch
+from sync.handlers import (
+    dispatch,
+    on_reported,
+    on_status,
+    on_telemetry,
+    on_update_request,
+)
 from tests.unit.sync_setup import MODEL, Fleet, build_fleet
 
 DEVICE = "dev-1"

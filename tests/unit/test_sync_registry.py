@@ -4,11 +4,11 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.sync.registry import Registry
 from edgeserve.wire.errors import InvalidInput
 from edgeserve.wire.manifest import SignedManifest
 from edgeserve.wire.model_card import ModelCard, TensorSpec
 from edgeserve.wire.sync_messages import DesiredState, DeviceStatus, ReportedState, RunningModel
+from sync.registry import Registry
 
 
 def card(version: str, name: str = "digits-edge") -> ModelCard:

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.edge_agent.runtimes import RuntimeOptions
-from edgeserve.edge_agent.store import VerifiedModel
-from edgeserve.edge_agent.updates.selftest import run_self_test
+from edge_agent.store import VerifiedModel
+from edge_agent.updates.selftest import run_self_test
+from edgeserve.runtimes import RuntimeOptions
 from edgeserve.security.signing import ensure_operator_key
 from edgeserve.wire.delta import apply_payload
 from edgeserve.wire.errors import IntegrityError, ModelNotFound, SignatureError

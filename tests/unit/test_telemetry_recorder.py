@@ -11,14 +11,14 @@ import orjson
 import pytest
 from prometheus_client import CollectorRegistry
 
-from edgeserve.edge_agent.config import AgentConfig
-from edgeserve.edge_agent.core import AgentCore
-from edgeserve.edge_agent.executor import BoundedExecutor
-from edgeserve.edge_agent.metrics import SyncMetrics
-from edgeserve.edge_agent.outbox import Outbox
-from edgeserve.edge_agent.recorder import TelemetryRecorder
-from edgeserve.edge_agent.router import Router
-from edgeserve.edge_agent.sync.telemetry import TelemetryUploader
+from edge_agent.config import AgentConfig
+from edge_agent.core import AgentCore
+from edge_agent.executor import BoundedExecutor
+from edge_agent.metrics import SyncMetrics
+from edge_agent.outbox import Outbox
+from edge_agent.recorder import TelemetryRecorder
+from edge_agent.router import Router
+from edge_agent.sync.telemetry import TelemetryUploader
 from edgeserve.wire.errors import InvalidInput
 from edgeserve.wire.model_card import RouterPolicy
 from edgeserve.wire.telemetry import RequestRecord, decode_batch

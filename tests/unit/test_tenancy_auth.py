@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.cloud_gateway.scheduler import RateLimit
-from edgeserve.cloud_gateway.tenancy import ApiKey, Authenticator, Principal, Tenant, TenantStore
+from cloud_gateway.scheduler import RateLimit
+from cloud_gateway.tenancy import ApiKey, Authenticator, Principal, Tenant, TenantStore
 from edgeserve.wire.errors import ErrorCode, PermissionDenied, Unauthenticated
 
 FAST = 2**8

@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from edgeserve.cloud_gateway.tenancy import TenantStore
-from edgeserve.cloud_gateway.tenancy.cli import (
+from cloud_gateway.tenancy import TenantStore
+from cloud_gateway.tenancy.cli import (
     device_register,
     tenant_add,
     tenant_list,

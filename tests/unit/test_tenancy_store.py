@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from edgeserve.cloud_gateway.tenancy import (
+from cloud_gateway.tenancy import (
     SCHEMA_VERSION,
     ApiKey,
     TenantExists,

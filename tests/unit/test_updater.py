@@ -17,12 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from edgeserve.edge_agent.config import AgentConfig
-from edgeserve.edge_agent.core import AgentCore
-from edgeserve.edge_agent.runtimes import RuntimeOptions, open_session
-from edgeserve.edge_agent.store import ModelStore
-from edgeserve.edge_agent.updates import Updater
-from edgeserve.models import packaged_artifacts
+from edge_agent.config import AgentConfig
+from edge_agent.core import AgentCore
+from edge_agent.store import ModelStore
+from edge_agent.updates import Updater
+from edgeserve.artifacts import packaged_artifacts
+from edgeserve.runtimes import RuntimeOptions, open_session
 from edgeserve.security.signing import OperatorKey, ensure_operator_key
 from edgeserve.wire.delta import Payload, candidates
 from edgeserve.wire.errors import (

@@ -1,0 +1,223 @@
+"""The gateway's core: authenticate, authorize, admit, batch, answer — behind both front doors.
+
+REST and gRPC handlers turn their wire form into ``InferRequest`` and ``Credentials`` and
+call ``GatewayCore``; nothing here knows HTTP or gRPC. Admission happens in a fixed
+order so that the cheapest refusal comes first: who are you (401), may you use this
+model (403), is there such a model (404), is the input right (400), are you over your
+rate or in-flight cap (429); then the request joins the model's fair, batched queue.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from cloud_gateway.metrics import GatewayMetrics
+from cloud_gateway.repository.manager import LoadedVersion, ModelRepository
+from cloud_gateway.scheduler import RateLimit, TenantLimiter
+from cloud_gateway.tenancy import Authenticator, Principal
+from edgeserve import __version__
+from edgeserve.wire.confidence import top_class_confidence
+from edgeserve.wire.errors import InvalidInput, ModelNotFound, PermissionDenied, RateLimited
+from edgeserve.wire.tensors import InferRequest, InferResponse, InferTensor
+from edgeserve.wire.validation import validate_inputs
+
+PLATFORMS = {
+    "onnxruntime": "onnxruntime_onnx",
+    "torch": "pytorch_libtorch",
+    "tensorrt": "tensorrt_plan",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Credentials:
+    """What a front door could learn about the caller."""
+
+    api_key: str | None = None
+    device_common_name: str | None = None
+
+
+class GatewayCore:
+    def __init__(
+        self,
+        repository: ModelRepository,
+        authenticator: Authenticator,
+        metrics: GatewayMetrics,
+    ) -> None:
+        self.repository = repository
+        self.authenticator = authenticator
+        self.metrics = metrics
+        self.limiter = TenantLimiter({})
+        self.started = False
+
+    # -- identity ------------------------------------------------------------------------
+
+    async def authenticate(self, credentials: Credentials) -> Principal:
+        """The caller's principal; a key not yet cached is hashed off the event loop."""
+        if credentials.device_common_name is not None:
+            return self.authenticator.from_device_certificate(credentials.device_common_name)
+        return await self.authenticator.from_api_key_async(credentials.api_key)
+
+    def authorize(self, principal: Principal, model: str) -> None:
+        self.authenticator.authorize(principal, model)
+
+    def require_admin(self, principal: Principal) -> None:
+        """Repository control changes what every tenant sees: only '*' tenants may do it."""
+        if "*" not in principal.allowed_models:
+            raise PermissionDenied(f"tenant '{principal.tenant}' may not load or unload models")
+
+    # -- metadata ------------------------------------------------------------------------
+
+    def server_metadata(self) -> dict[str, Any]:
+        return {
+            "name": "edgeserve-gateway",
+            "version": __version__,
+            "extensions": [
+                "binary_tensor_data",
+                "model_repository",
+                "schedule_policy",
+                "parameters",
+            ],
+        }
+
+    @property
+    def ready(self) -> bool:
+        return self.started
+
+    def model_metadata(
+        self, principal: Principal, name: str, version: str | None
+    ) -> dict[str, Any]:
+        self.authorize(principal, name)
+        entry = self.repository.entry(name)
+        if version is not None and version not in entry.versions:
+            raise ModelNotFound(f"model '{name}' has no servable version '{version}'")
+        config = entry.config
+        return {
+            "name": name,
+            "versions": entry.versions,
+            "platform": PLATFORMS[config.backend],
+            "inputs": [spec.model_dump() for spec in config.inputs],
+            "outputs": [spec.model_dump() for spec in config.outputs],
+        }
+
+    def model_ready(self, principal: Principal, name: str, version: str | None) -> bool:
+        self.authorize(principal, name)
+        entry = self.repository.entry(name)
+        wanted = version or entry.versions[-1]
+        return any(v.name == name and v.version == wanted for v in self.repository.loaded())
+
+    def repository_index(self, principal: Principal) -> list[dict[str, Any]]:
+        return [row for row in self.repository.index() if principal.can_use(row["name"])]
+
+    async def load(self, principal: Principal, name: str) -> None:
+        self.require_admin(principal)
+        await self.repository.load(name)
+
+    async def unload(self, principal: Principal, name: str) -> None:
+        self.require_admin(principal)
+        await self.repository.unload(name)
+
+    # -- inference -----------------------------------------------------------------------
+
+    async def infer(
+        self, principal: Principal, request: InferRequest, deadline: float | None = None
+    ) -> InferResponse:
+        """Run one request through admission, the model's batcher and back."""
+        started = time.perf_counter()
+        self.authorize(principal, request.model_name)
+        # Refusing an over-limit tenant first keeps a flood from costing lookups.
+        self._admit(principal)
+        try:
+            entry = self.repository.entry(request.model_name)
+            config = entry.config
+            arrays = validate_inputs(
+                config.name, config.inputs, request.inputs, config.max_batch_size
+            )
+            wanted = _wanted_outputs(config.name, [o.name for o in config.outputs], request)
+            priority, deadline = _schedule_policy(request, deadline)
+            # A request may lower its own priority, never rise above its tenant's tier.
+            priority = max(priority or principal.priority_tier, principal.priority_tier)
+            loaded = await self.repository.get(request.model_name, request.model_version)
+            loaded.in_flight += 1
+            try:
+                results = await loaded.batcher.submit(
+                    principal.tenant, principal.weight, arrays, priority, deadline
+                )
+            finally:
+                loaded.in_flight -= 1
+        finally:
+            self.limiter.release_slot(principal.tenant)
+        response = self._response(loaded, request, results, wanted)
+        elapsed = time.perf_counter() - started
+        # Lets a caller split its round trip into transport and gateway time.
+        response.parameters["gateway_ms"] = round(elapsed * 1e3, 3)
+        self.metrics.latency.labels(config.name, principal.tenant).observe(elapsed)
+        self.metrics.requests.labels(config.name, loaded.version, principal.tenant, "ok").inc()
+        return response
+
+    def _admit(self, principal: Principal) -> None:
+        # Limits change when an operator edits a tenant; set_limit ignores an unchanged one.
+        limit = RateLimit(principal.rate_per_s, principal.burst, principal.max_in_flight)
+        self.limiter.set_limit(principal.tenant, limit)
+        try:
+            self.limiter.acquire(principal.tenant)
+            self.limiter.acquire_slot(principal.tenant)
+        except RateLimited as refused:
+            # The error counter says a 429 happened; this one says whose limit it was.
+            self.metrics.throttled.labels(principal.tenant, type(refused).__name__).inc()
+            raise
+
+    def _response(
+        self,
+        loaded: LoadedVersion,
+        request: InferRequest,
+        results: dict[str, Any],
+        wanted: list[str],
+    ) -> InferResponse:
+        config = loaded.config
+        parameters: dict[str, Any] = {"tier": "cloud", "model_version": loaded.version}
+        if config.logits_output and config.logits_output in results:
+            top, confidence = top_class_confidence(
+                results[config.logits_output], config.temperature
+            )
+            labels = config.labels
+            parameters["confidence"] = [round(c, 6) for c in confidence.tolist()]
+            parameters["prediction"] = [labels[i] if i < len(labels) else str(i) for i in top]
+        return InferResponse(
+            model_name=config.name,
+            model_version=loaded.version,
+            id=request.id,
+            outputs=[InferTensor.from_numpy(name, results[name]) for name in wanted],
+            parameters=parameters,
+        )
+
+
+def _wanted_outputs(model: str, available: list[str], request: InferRequest) -> list[str]:
+    if not request.outputs:
+        return available
+    names = [out.name for out in request.outputs]
+    unknown = [name for name in names if name not in available]
+    if unknown:
+        raise InvalidInput(f"model '{model}' has no output {unknown[0]!r} (outputs: {available})")
+    return names
+
+
+def _schedule_policy(request: InferRequest, deadline: float | None) -> tuple[int, float | None]:
+    """Triton's schedule-policy parameters: ``priority`` (1 = highest) and ``timeout`` (µs)."""
+    priority = request.parameters.get("priority", 0)
+    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
+        raise InvalidInput(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
+    timeout_us = request.parameters.get("timeout")
+    if timeout_us is not None:
+        if (
+            not isinstance(timeout_us, int | float)
+            or isinstance(timeout_us, bool)
+            or timeout_us <= 0
+        ):
+            raise InvalidInput(
+                f"parameter 'timeout' must be positive microseconds, got {timeout_us!r}"
+            )
+        own = time.monotonic() + timeout_us / 1e6
+        deadline = own if deadline is None else min(deadline, own)
+    return priority, deadline

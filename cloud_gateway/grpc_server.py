@@ -1,0 +1,173 @@
+"""The gateway's gRPC front door: ``inference.GRPCInferenceService`` over ``GatewayCore``.
+
+Two listeners share one servicer class: the plain one authenticates apps by API key in
+the call metadata (``authorization: Bearer …`` or ``x-api-key``); the mTLS one
+authenticates devices by the common name of their client certificate, which the TLS
+handshake has already verified against our CA. ``_mapped`` is the one place where
+``EdgeServeError`` becomes a gRPC status.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+
+from cloud_gateway.core import Credentials, GatewayCore
+from cloud_gateway.tenancy import Principal
+from edgeserve.listen import cannot_listen
+from edgeserve.wire import oip_grpc
+from edgeserve.wire.errors import EdgeServeError, InternalError, RateLimited
+from edgeserve.wire.grpc_stubs import add_inference_servicer
+from edgeserve.wire.proto import grpc_service_pb2 as pb
+from edgeserve.wire.proto import grpc_service_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+Request = TypeVar("Request")
+Reply = TypeVar("Reply")
+Method = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Reply]]
+
+
+def _mapped(method: Method[Request, Reply]) -> Method[Request, Reply]:
+    @functools.wraps(method)
+    async def guarded(self: Servicer, request: Request, context: grpc.aio.ServicerContext) -> Reply:
+        try:
+            return await method(self, request, context)
+        except EdgeServeError as exc:
+            error = exc
+        except Exception as exc:
+            log.exception("unhandled error", extra={"rpc": method.__name__})
+            error = InternalError(f"internal error: {exc}")
+        self.core.metrics.errors.labels(error.code.label, "grpc").inc()
+        # A flood of 429s must not turn into a flood of log lines.
+        log.log(
+            logging.DEBUG if isinstance(error, RateLimited) else logging.WARNING,
+            "rpc refused",
+            extra={"rpc": method.__name__, "code": error.code.label, "reason": error.message},
+        )
+        if isinstance(error, RateLimited):
+            retry = str(max(1, math.ceil(error.retry_after_s)))
+            context.set_trailing_metadata((("retry-after", retry),))
+        await context.abort(grpc.StatusCode[error.code.grpc_status], error.message)
+        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+    return guarded
+
+
+class Servicer(pb_grpc.GRPCInferenceServiceServicer):
+    def __init__(self, core: GatewayCore, mtls: bool) -> None:
+        self.core = core
+        self.mtls = mtls
+
+    async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
+        if self.mtls:
+            names = context.auth_context().get("x509_common_name") or [b""]
+            common_name = names[0].decode() or None
+            return await self.core.authenticate(Credentials(device_common_name=common_name))
+        metadata = dict(context.invocation_metadata() or ())
+        key = metadata.get("authorization") or metadata.get("x-api-key")
+        return await self.core.authenticate(Credentials(api_key=key))
+
+    @_mapped
+    async def ServerLive(
+        self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerLiveResponse:
+        return pb.ServerLiveResponse(live=True)
+
+    @_mapped
+    async def ServerReady(
+        self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerReadyResponse:
+        return pb.ServerReadyResponse(ready=self.core.ready)
+
+    @_mapped
+    async def ServerMetadata(
+        self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ServerMetadataResponse:
+        return oip_grpc.server_metadata_to_proto(self.core.server_metadata())
+
+    @_mapped
+    async def ModelReady(
+        self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelReadyResponse:
+        principal = await self._principal(context)
+        ready = self.core.model_ready(principal, request.name, request.version or None)
+        return pb.ModelReadyResponse(ready=ready)
+
+    @_mapped
+    async def ModelMetadata(
+        self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelMetadataResponse:
+        principal = await self._principal(context)
+        metadata = self.core.model_metadata(principal, request.name, request.version or None)
+        return oip_grpc.model_metadata_to_proto(metadata)
+
+    @_mapped
+    async def ModelInfer(
+        self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ModelInferResponse:
+        principal = await self._principal(context)
+        infer_request = oip_grpc.request_from_proto(request)
+        remaining = context.time_remaining()
+        deadline = None if remaining is None else time.monotonic() + remaining
+        response = await self.core.infer(principal, infer_request, deadline)
+        return oip_grpc.response_to_proto(response)
+
+    @_mapped
+    async def RepositoryIndex(
+        self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryIndexResponse:
+        rows = self.core.repository_index(await self._principal(context))
+        if request.ready:
+            rows = [row for row in rows if row["state"] == "READY"]
+        models = [pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
+        return pb.RepositoryIndexResponse(models=models)
+
+    @_mapped
+    async def RepositoryModelLoad(
+        self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelLoadResponse:
+        await self.core.load(await self._principal(context), request.model_name)
+        return pb.RepositoryModelLoadResponse()
+
+    @_mapped
+    async def RepositoryModelUnload(
+        self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
+    ) -> pb.RepositoryModelUnloadResponse:
+        await self.core.unload(await self._principal(context), request.model_name)
+        return pb.RepositoryModelUnloadResponse()
+
+
+def create_grpc_server(
+    core: GatewayCore,
+    host: str,
+    port: int,
+    tls: tuple[bytes, bytes, bytes] | None = None,
+    max_message_bytes: int = 16 << 20,
+) -> tuple[grpc.aio.Server, int]:
+    """A gRPC server bound to ``host:port``; ``tls`` = (ca, cert, key) PEMs for mTLS."""
+    options = [
+        ("grpc.max_receive_message_length", max_message_bytes),
+        ("grpc.max_send_message_length", max_message_bytes),
+    ]
+    server = grpc.aio.server(options=options)
+    servicer = Servicer(core, tls is not None)
+    add_inference_servicer(servicer, server)
+    address = f"{host}:{port}"
+    try:
+        if tls is None:
+            bound = server.add_insecure_port(address)
+        else:
+            ca, cert, key = tls
+            credentials = grpc.ssl_server_credentials(
+                [(key, cert)], root_certificates=ca, require_client_auth=True
+            )
+            bound = server.add_secure_port(address, credentials)
+    except RuntimeError:  # grpc says only "Failed to bind"
+        raise cannot_listen("gRPC" if tls is None else "gRPC (mTLS)", address) from None
+    return server, bound

@@ -1,0 +1,125 @@
+"""The gateway process: one event loop running the REST server and both gRPC listeners.
+
+Start-up order: tenants and PKI (generated on first start, never shipped), the
+repository (seeded with the packaged models when empty), preloads, then the listeners;
+the bound ports are written as JSON to ``port_file`` once all accept connections.
+Shutdown is staged: stop accepting, let in-flight requests finish (10 s grace), stop the
+batchers, release the models.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from concurrent.futures import ThreadPoolExecutor
+
+from cloud_gateway.config import GatewayConfig
+from cloud_gateway.core import GatewayCore
+from cloud_gateway.grpc_server import create_grpc_server
+from cloud_gateway.metrics import GatewayMetrics
+from cloud_gateway.repository.manager import ModelRepository
+from cloud_gateway.repository.seed import seed_repository
+from cloud_gateway.rest import create_rest_app
+from cloud_gateway.tenancy import Authenticator, TenantStore
+from edgeserve.logs import configure_logging
+from edgeserve.security.pki import ensure_dev_pki
+from edgeserve.serving import listening_socket, start_embedded, write_port_file
+
+log = logging.getLogger(__name__)
+GRACE_SECONDS = 10.0
+
+
+def build_core(config: GatewayConfig, executor: ThreadPoolExecutor) -> GatewayCore:
+    metrics = GatewayMetrics()
+
+    def on_batch(model: str, version: str, size: int, waits: list[float]) -> None:
+        metrics.batch_size.labels(model).observe(size)
+        for wait in waits:
+            metrics.queue_seconds.labels(model).observe(wait)
+
+    def on_compute(model: str, seconds: float) -> None:
+        metrics.compute_seconds.labels(model).observe(seconds)
+
+    def on_change() -> None:
+        metrics.loaded.clear()
+        metrics.model_memory.clear()
+        for version in repository.loaded():
+            backend = version.backend
+            metrics.loaded.labels(version.name, version.version, backend.name, backend.device).set(
+                1
+            )
+            metrics.model_memory.labels(version.name, version.version).set(version.memory_bytes)
+
+    config.repository_path.mkdir(parents=True, exist_ok=True)
+    if not any(config.repository_path.iterdir()):
+        seed_repository(config.repository_path)
+    repository = ModelRepository(
+        config.repository_path,
+        config.memory_budget_bytes,
+        executor,
+        on_batch=on_batch,
+        on_change=on_change,
+        on_compute=on_compute,
+        on_event=lambda kind, model: metrics.model_events.labels(model, kind).inc(),
+    )
+    metrics.watch_queues(
+        lambda: {f"{v.name}/{v.version}": v.batcher.queue_depth for v in repository.loaded()}
+    )
+    authenticator = Authenticator(TenantStore(config.tenants_path))
+    return GatewayCore(repository, authenticator, metrics)
+
+
+def device_tls(config: GatewayConfig) -> tuple[bytes, bytes, bytes]:
+    """(client CA, server chain, server key) for the device port: the operator's files,
+    or a dev PKI made under ``pki_dir``."""
+    if config.tls_cert and config.tls_key and config.client_ca:
+        files = (config.client_ca, config.tls_cert, config.tls_key)
+    else:
+        pki = ensure_dev_pki(config.pki_path, devices=[])
+        files = (pki.ca.cert, pki.server.cert, pki.server.key)
+    return files[0].read_bytes(), files[1].read_bytes(), files[2].read_bytes()
+
+
+async def serve(config: GatewayConfig) -> None:
+    executor = ThreadPoolExecutor(config.inference_threads, thread_name_prefix="inference")
+    core = build_core(config, executor)
+    for name in config.preload:
+        await core.repository.load(name)
+    http_socket = listening_socket(config.host, config.http_port, what="OIP v2 REST")
+    grpc_plain, grpc_port = create_grpc_server(core, config.host, config.grpc_port)
+    servers = [grpc_plain]
+    ports = {"http": http_socket.getsockname()[1], "grpc": grpc_port}
+    if config.grpc_mtls_port is not None:
+        grpc_mtls, ports["grpc_mtls"] = create_grpc_server(
+            core, config.host, config.grpc_mtls_port, tls=device_tls(config)
+        )
+        servers.append(grpc_mtls)
+    for server in servers:
+        await server.start()
+    rest, rest_task = await start_embedded(
+        create_rest_app(core, config.max_body_bytes), http_socket, GRACE_SECONDS
+    )
+    core.started = True
+    write_port_file(config.port_file, ports)
+    log.info("gateway listening", extra=ports)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        await stop.wait()
+    finally:
+        log.info("gateway stopping")
+        core.started = False
+        rest.should_exit = True
+        await asyncio.gather(*(s.stop(GRACE_SECONDS) for s in servers))
+        await rest_task
+        await core.repository.close()
+        executor.shutdown(wait=True, cancel_futures=True)
+        log.info("gateway stopped")
+
+
+def run_gateway(config: GatewayConfig) -> None:
+    configure_logging(config.log_level, config.log_format)
+    asyncio.run(serve(config))

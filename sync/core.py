@@ -1,0 +1,155 @@
+"""The sync service's one core, and the single thread it lives on.
+
+Everything that reads or writes the registry — device messages, rollout decisions, admin
+requests — runs on one worker thread that owns the SQLite connection (``CoreThread``),
+so the event loop never blocks on the database and no two writers ever race. The core
+takes plain types and publishes through a callback (``MqttLink.publish`` is thread-safe);
+the MQTT consumer and the admin API are thin adapters that call it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+from edgeserve.security.signing import ensure_operator_key
+from edgeserve.wire.errors import UpdateRefused
+from edgeserve.wire.model_card import ModelCard
+from sync.artifacts import ArtifactStore
+from sync.config import SyncConfig
+from sync.handlers import HandlerContext, dispatch, issue_assignments
+from sync.ingest import fleet_summary
+from sync.metrics import SyncMetrics
+from sync.registry import Registry
+from sync.rollout import RolloutController, RolloutSpec
+from sync.updates import Outgoing, UpdateIssuer, desired_message
+from sync.views import DeviceRow, RolloutView, VersionRow, VersionSummary
+
+log = logging.getLogger(__name__)
+# How often retained manifests are checked for expiry; they live for days.
+REFRESH_EVERY_S = 600.0
+T = TypeVar("T")
+Publish = Callable[[Outgoing], None]
+
+
+def artifact_store(config: SyncConfig) -> ArtifactStore:
+    return ArtifactStore(config.state_dir / "store")
+
+
+class SyncCore:
+    """Registry, artifact store, issuer and rollout controller, wired together."""
+
+    def __init__(self, config: SyncConfig, metrics: SyncMetrics, publish: Publish) -> None:
+        self.registry = Registry(config.registry_path)
+        self.store = artifact_store(config)
+        key = ensure_operator_key(config.keys_dir)
+        issuer = UpdateIssuer(
+            self.registry, self.store, key, config.chunk_size, config.manifest_ttl_s
+        )
+        self.controller = RolloutController(self.registry)
+        self.ctx = HandlerContext(
+            self.registry, self.store, issuer, self.controller, metrics, config.request_window
+        )
+        self.metrics = metrics
+        self._publish = publish
+        self._ttl_s = config.manifest_ttl_s
+        self._last_refresh = -REFRESH_EVERY_S
+
+    def handle(self, topic: str, payload: bytes) -> None:
+        self._send(dispatch(self.ctx, topic, payload))
+
+    def republish_desired(self) -> int:
+        """Every persisted desired state again (retained), e.g. after a broker restart."""
+        states = self.registry.all_desired()
+        self._send(desired_message(state) for state in states)
+        return len(states)
+
+    def tick(self) -> None:
+        self._send(issue_assignments(self.ctx, self.controller.tick()))
+        self.metrics.set_rollout_states(Counter(row.state for row in self.registry.rollouts()))
+        self.metrics.devices_online.set(self.registry.count_online())
+        now = time.monotonic()
+        if now - self._last_refresh >= REFRESH_EVERY_S:
+            self._last_refresh = now
+            refreshed = self.ctx.issuer.refresh_expiring(self._ttl_s / 4)
+            self._send(issued.message for issued in refreshed)
+
+    # -- admin operations ---------------------------------------------------------------
+
+    def register_version(self, card: ModelCard, sha256: str) -> VersionRow:
+        """Add a version; re-uploading identical bytes is fine, different bytes are not."""
+        existing = self.registry.version(card.name, card.version)
+        if existing is not None and existing.sha256 != sha256:
+            raise UpdateRefused(
+                f"{card.name} v{card.version} already exists with other bytes; "
+                "versions are immutable, push a new version"
+            )
+        self.registry.add_version(card, sha256)
+        row = self.registry.version(card.name, card.version)
+        assert row is not None
+        return row
+
+    def start_rollout(self, spec: RolloutSpec) -> RolloutView:
+        rollout_id, assigns = self.controller.start(spec)
+        self._send(issue_assignments(self.ctx, assigns))
+        return self.controller.show(rollout_id)
+
+    def rollback(self, rollout_id: int, reason: str) -> RolloutView:
+        self._send(issue_assignments(self.ctx, self.controller.rollback(rollout_id, reason)))
+        return self.controller.show(rollout_id)
+
+    def rollout(self, rollout_id: int) -> RolloutView:
+        return self.controller.show(rollout_id)
+
+    def rollouts(self) -> list[RolloutView]:
+        return self.controller.list()
+
+    def devices(self, group: str | None = None) -> list[DeviceRow]:
+        return self.registry.devices(group)
+
+    def versions(self, model: str | None = None) -> list[VersionRow]:
+        return self.registry.versions(model)
+
+    def telemetry_summary(self, model: str | None = None) -> list[VersionSummary]:
+        return fleet_summary(self.registry, model)
+
+    def close(self) -> None:
+        self.registry.close()
+
+    def _send(self, messages: Iterable[Outgoing]) -> None:
+        for message in messages:
+            self._publish(message)
+
+
+class CoreThread:
+    """Runs ``SyncCore`` calls one at a time on a dedicated thread, awaitable from the loop."""
+
+    def __init__(self, config: SyncConfig, metrics: SyncMetrics, publish: Publish) -> None:
+        self._executor = ThreadPoolExecutor(1, thread_name_prefix="sync-core")
+        self._config = config
+        self._metrics = metrics
+        self._publish = publish
+        self._core: SyncCore | None = None
+
+    async def start(self) -> None:
+        self._core = await self._run(lambda: SyncCore(self._config, self._metrics, self._publish))
+
+    async def call(self, operation: Callable[[SyncCore], T]) -> T:
+        core = self._core
+        if core is None:
+            raise RuntimeError("CoreThread.start() was not awaited")
+        return await self._run(lambda: operation(core))
+
+    async def close(self) -> None:
+        if self._core is not None:
+            await self.call(SyncCore.close)
+            self._core = None
+        self._executor.shutdown(wait=True)
+
+    async def _run(self, function: Callable[[], T]) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, function)

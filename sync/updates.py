@@ -1,0 +1,218 @@
+"""Turn "device X should run M@V" into a signed manifest on the device's retained topic.
+
+The payload is chosen per device: a delta against the artifact the device *reports*
+running when the store has that artifact (``wire.delta.build_payload`` keeps the delta
+only when it is smaller than the full zstd), else the full artifact. A payload is built
+once per (base, new) pair and stored content-addressed, so a thousand devices on the same
+base share one file. The manifest lists each chunk's sha256, is signed with the operator
+key, and replaces that model's entry in the device's ``DesiredState`` under a new
+revision; ``registry.record_issue`` is what later lets the device fetch the chunks.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from edgeserve.security.signing import OperatorKey
+from edgeserve.wire import topics
+from edgeserve.wire.errors import ModelNotFound
+from edgeserve.wire.manifest import PayloadSpec, SelfTest, SignedManifest, UpdateManifest
+from edgeserve.wire.sync_messages import DesiredState
+from sync.artifacts import ArtifactStore, CachedPayload
+from sync.registry import Registry
+from sync.views import VersionRow
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One MQTT message the service should publish."""
+
+    topic: str
+    payload: bytes
+    retain: bool = False
+    qos: int = 1
+
+
+def desired_message(state: DesiredState) -> Outgoing:
+    return Outgoing(topics.desired(state.device_id), state.to_bytes(), retain=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Issued:
+    """An update issued to one device: its new desired state and the payload it fetches."""
+
+    state: DesiredState
+    spec: PayloadSpec
+
+    @property
+    def message(self) -> Outgoing:
+        return desired_message(self.state)
+
+
+class UpdateIssuer:
+    """Builds, signs and records per-device manifests; lives on the registry's thread."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        store: ArtifactStore,
+        key: OperatorKey,
+        chunk_size: int,
+        manifest_ttl_s: float,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.registry = registry
+        self.store = store
+        self.key = key
+        self.chunk_size = chunk_size
+        self.manifest_ttl_s = manifest_ttl_s
+        self.clock = clock
+
+    def issue(self, device_id: str, model: str, version: str, rollback: bool = False) -> Issued:
+        """Sign ``model@version`` for ``device_id`` and make it that device's desire."""
+        target = self._version(model, version)
+        spec = self._payload_for(device_id, target)
+        now = self.clock()
+        manifest = UpdateManifest(
+            model=model,
+            version=version,
+            rollback=rollback,
+            issued_at=now,
+            expires_at=now + self.manifest_ttl_s,
+            card=target.card,
+            payload=spec,
+            self_test=self._self_test(target),
+        )
+        state = self._desire(device_id, model, manifest, now)
+        self.registry.record_issue(
+            device_id, model, version, spec.update_id, spec.sha256, len(spec.chunks)
+        )
+        log.info(
+            "update issued",
+            extra={
+                "device": device_id,
+                "model": model,
+                "version": version,
+                "rollback": rollback,
+                "encoding": spec.encoding,
+                "base_version": spec.base_version,
+                "payload_bytes": spec.size,
+                "revision": state.revision,
+            },
+        )
+        return Issued(state, spec)
+
+    def refresh_expiring(self, margin_s: float) -> list[Issued]:
+        """Re-sign every desired manifest that expires within ``margin_s``.
+
+        Desired states are retained for devices that may stay offline for a long time; a
+        manifest that expired on the broker would be refused when the device returns.
+        """
+        refreshed = []
+        deadline = self.clock() + margin_s
+        for state in self.registry.all_desired():
+            for model, envelope in state.models.items():
+                manifest = _own_manifest(envelope)
+                if manifest.expires_at <= deadline:
+                    refreshed.append(
+                        self.issue(state.device_id, model, manifest.version, manifest.rollback)
+                    )
+        return refreshed
+
+    def _version(self, model: str, version: str) -> VersionRow:
+        row = self.registry.version(model, version)
+        if row is None or not self.store.has_artifact(row.sha256):
+            raise ModelNotFound(f"{model} v{version} is not registered with its artifact")
+        return row
+
+    def _payload_for(self, device_id: str, target: VersionRow) -> PayloadSpec:
+        base_version, base_sha = self._base(device_id, target)
+        cached = self.store.cached_delta(base_sha, target.sha256)
+        if cached is None:
+            cached = self._build(base_sha, target.sha256)
+        if cached.encoding == "zstd":
+            base_version, base_sha = None, None
+        # Every device on the same base gets the same payload: hash its chunks once.
+        known = self.store.spec(cached.sha256[:32])
+        if known and (known.sha256, known.chunk_size) == (cached.sha256, self.chunk_size):
+            return known
+        spec = PayloadSpec(
+            encoding=cached.encoding,
+            base_version=base_version,
+            base_sha256=base_sha,
+            sha256=cached.sha256,
+            size=cached.size,
+            chunk_size=self.chunk_size,
+            chunks=self._chunk_hashes(cached.sha256),
+        )
+        self.store.save_spec(spec)
+        return spec
+
+    def _base(self, device_id: str, target: VersionRow) -> tuple[str | None, str | None]:
+        """The artifact the device reports running, if we hold it and it is another one."""
+        device = self.registry.device(device_id)
+        running = device.running.get(target.model) if device is not None else None
+        if running is None or running.sha256 == target.sha256:
+            return None, None
+        if not self.store.has_artifact(running.sha256):
+            return None, None
+        return running.version, running.sha256
+
+    def _build(self, base_sha: str | None, new_sha: str) -> CachedPayload:
+        from edgeserve.wire.delta import build_payload
+
+        base = self.store.read_artifact(base_sha) if base_sha else None
+        payload = build_payload(self.store.read_artifact(new_sha), base)
+        cached = CachedPayload(
+            encoding=payload.encoding,
+            sha256=self.store.put_payload(payload.data),
+            size=len(payload.data),
+        )
+        self.store.remember_delta(base_sha, new_sha, cached)
+        return cached
+
+    def _chunk_hashes(self, payload_sha: str) -> list[str]:
+        data = self.store.read_payload(payload_sha)
+        size = self.chunk_size
+        return [
+            hashlib.sha256(data[start : start + size]).hexdigest()
+            for start in range(0, max(len(data), 1), size)
+        ]
+
+    def _self_test(self, target: VersionRow) -> SelfTest:
+        stored = self.store.self_test(target.sha256)
+        if stored is not None:
+            return stored
+        from sync.golden import compute_self_test
+
+        computed = compute_self_test(target.card, self.store.artifact_path(target.sha256))
+        self.store.save_self_test(target.sha256, computed)
+        return computed
+
+    def _desire(
+        self, device_id: str, model: str, manifest: UpdateManifest, now: float
+    ) -> DesiredState:
+        current = self.registry.desired(device_id)
+        models = dict(current.models) if current is not None else {}
+        models[model] = self.key.sign(manifest)
+        state = DesiredState(
+            device_id=device_id,
+            revision=self.registry.next_desired_revision(device_id),
+            models=models,
+            router=dict(current.router) if current is not None else {},
+            issued_at=now,
+        )
+        self.registry.save_desired(state)
+        return state
+
+
+def _own_manifest(envelope: SignedManifest) -> UpdateManifest:
+    """A manifest this service signed and stored itself (so no signature check, no expiry)."""
+    return UpdateManifest.model_validate_json(base64.b64decode(envelope.manifest))
