@@ -35,8 +35,20 @@ class GatewayConfig(ServiceSettings):
     client_ca: Path | None = Field(None, description="CA that signs device certificates (PEM)")
     memory_budget_bytes: int = Field(2 << 30, ge=1 << 20)
     inference_threads: int = Field(2, ge=1)
+    workers: int = Field(
+        1, ge=1, le=64, description="gateway processes sharing the ports (about one per core)"
+    )
     max_body_bytes: int = Field(16 << 20, ge=1024)
-    preload: list[str] = Field(default_factory=list, description="models loaded at start")
+    preload: list[str] = Field(
+        default_factory=lambda: ["*"],
+        description='models loaded at start ("*": all, as the memory budget allows)',
+    )
+    rate_limit_store: str | None = Field(
+        None,
+        description="redis://host:port/db: token buckets shared by every replica "
+        "(default: each process limits on its own)",
+    )
+    access_log: bool = Field(False, description="one log line per request (costs throughput)")
     log_level: str = "INFO"
     log_format: str = "json"
 

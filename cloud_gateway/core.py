@@ -2,9 +2,11 @@
 
 REST and gRPC handlers turn their wire form into ``InferRequest`` and ``Credentials`` and
 call ``GatewayCore``; nothing here knows HTTP or gRPC. Admission happens in a fixed
-order so that the cheapest refusal comes first: who are you (401), may you use this
-model (403), is there such a model (404), is the input right (400), are you over your
-rate or in-flight cap (429); then the request joins the model's fair, batched queue.
+order so that the cheapest refusal comes first, and all of it before a front door reads
+the request's body: who are you (401), may you use this model (403), is there such a
+model (404), are you over your rate or in-flight cap (429). Only an admitted request is
+decoded and checked (400) and joins the model's fair, batched queue, so a refused flood
+costs its senders, not the compliant tenants.
 """
 
 from __future__ import annotations
@@ -16,10 +18,18 @@ from typing import Any
 from cloud_gateway.metrics import GatewayMetrics
 from cloud_gateway.repository.manager import LoadedVersion, ModelRepository
 from cloud_gateway.scheduler import RateLimit, TenantLimiter
+from cloud_gateway.scheduler.shared_buckets import SharedRateLimiter
 from cloud_gateway.tenancy import Authenticator, Principal
 from edgeserve import __version__
 from edgeserve.wire.confidence import top_class_confidence
-from edgeserve.wire.errors import InvalidInput, ModelNotFound, PermissionDenied, RateLimited
+from edgeserve.wire.errors import (
+    InvalidInput,
+    ModelNotFound,
+    PermissionDenied,
+    RateLimited,
+    shown,
+)
+from edgeserve.wire.schedule import schedule_policy
 from edgeserve.wire.tensors import InferRequest, InferResponse, InferTensor
 from edgeserve.wire.validation import validate_inputs
 
@@ -28,6 +38,15 @@ PLATFORMS = {
     "torch": "pytorch_libtorch",
     "tensorrt": "tensorrt_plan",
 }
+
+
+@dataclass(frozen=True, slots=True)
+class Admission:
+    """A request let in: its principal holds one in-flight slot until ``release``."""
+
+    principal: Principal
+    model: str
+    started: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,11 +63,14 @@ class GatewayCore:
         repository: ModelRepository,
         authenticator: Authenticator,
         metrics: GatewayMetrics,
+        shared_buckets: SharedRateLimiter | None = None,
     ) -> None:
         self.repository = repository
         self.authenticator = authenticator
         self.metrics = metrics
         self.limiter = TenantLimiter({})
+        # Cluster-wide token buckets (Redis) when configured; else each process's own.
+        self.shared_buckets = shared_buckets
         self.started = False
 
     # -- identity ------------------------------------------------------------------------
@@ -91,7 +113,7 @@ class GatewayCore:
         self.authorize(principal, name)
         entry = self.repository.entry(name)
         if version is not None and version not in entry.versions:
-            raise ModelNotFound(f"model '{name}' has no servable version '{version}'")
+            raise ModelNotFound(f"model {shown(name)!r} has no servable version {shown(version)!r}")
         config = entry.config
         return {
             "name": name,
@@ -123,45 +145,68 @@ class GatewayCore:
     async def infer(
         self, principal: Principal, request: InferRequest, deadline: float | None = None
     ) -> InferResponse:
-        """Run one request through admission, the model's batcher and back."""
-        started = time.perf_counter()
-        self.authorize(principal, request.model_name)
-        # Refusing an over-limit tenant first keeps a flood from costing lookups.
-        self._admit(principal)
+        """Admit, run and release: one request through the whole path."""
+        admission = await self.admit(principal, request.model_name)
         try:
-            entry = self.repository.entry(request.model_name)
-            config = entry.config
-            arrays = validate_inputs(
-                config.name, config.inputs, request.inputs, config.max_batch_size
-            )
-            wanted = _wanted_outputs(config.name, [o.name for o in config.outputs], request)
-            priority, deadline = _schedule_policy(request, deadline)
-            # A request may lower its own priority, never rise above its tenant's tier.
-            priority = max(priority or principal.priority_tier, principal.priority_tier)
-            loaded = await self.repository.get(request.model_name, request.model_version)
-            loaded.in_flight += 1
-            try:
-                results = await loaded.batcher.submit(
-                    principal.tenant, principal.weight, arrays, priority, deadline
-                )
-            finally:
-                loaded.in_flight -= 1
+            return await self.run(admission, request, deadline)
         finally:
-            self.limiter.release_slot(principal.tenant)
+            self.release(admission)
+
+    async def admit(self, principal: Principal, model: str) -> Admission:
+        """Every refusal that needs no body: 403, 404, then 429 (rate, in-flight cap).
+
+        An admitted request holds an in-flight slot: the caller must ``release`` it.
+        """
+        started = time.perf_counter()
+        self.authorize(principal, model)
+        self.repository.entry(model)
+        await self._admit(principal)
+        return Admission(principal, model, started)
+
+    def release(self, admission: Admission) -> None:
+        self.limiter.release_slot(admission.principal.tenant)
+
+    async def run(
+        self, admission: Admission, request: InferRequest, deadline: float | None = None
+    ) -> InferResponse:
+        """Check an admitted request's inputs, queue it in the model's batcher, answer."""
+        principal = admission.principal
+        if request.model_name != admission.model:
+            raise InvalidInput(
+                f"request names model {shown(request.model_name)!r}, admitted for "
+                f"{shown(admission.model)!r}"
+            )
+        config = self.repository.entry(request.model_name).config
+        arrays = validate_inputs(config.name, config.inputs, request.inputs, config.max_batch_size)
+        wanted = _wanted_outputs(config.name, [o.name for o in config.outputs], request)
+        priority, deadline = _schedule_policy(request, deadline)
+        # A request may lower its own priority, never rise above its tenant's tier.
+        priority = max(priority or principal.priority_tier, principal.priority_tier)
+        loaded = await self.repository.get(request.model_name, request.model_version)
+        loaded.in_flight += 1
+        try:
+            results = await loaded.batcher.submit(
+                principal.tenant, principal.weight, arrays, priority, deadline
+            )
+        finally:
+            loaded.in_flight -= 1
         response = self._response(loaded, request, results, wanted)
-        elapsed = time.perf_counter() - started
+        elapsed = time.perf_counter() - admission.started
         # Lets a caller split its round trip into transport and gateway time.
         response.parameters["gateway_ms"] = round(elapsed * 1e3, 3)
         self.metrics.latency.labels(config.name, principal.tenant).observe(elapsed)
         self.metrics.requests.labels(config.name, loaded.version, principal.tenant, "ok").inc()
         return response
 
-    def _admit(self, principal: Principal) -> None:
+    async def _admit(self, principal: Principal) -> None:
         # Limits change when an operator edits a tenant; set_limit ignores an unchanged one.
         limit = RateLimit(principal.rate_per_s, principal.burst, principal.max_in_flight)
         self.limiter.set_limit(principal.tenant, limit)
         try:
-            self.limiter.acquire(principal.tenant)
+            if self.shared_buckets is None:
+                self.limiter.acquire(principal.tenant)
+            else:
+                await self.shared_buckets.acquire(principal.tenant, limit)
             self.limiter.acquire_slot(principal.tenant)
         except RateLimited as refused:
             # The error counter says a 429 happened; this one says whose limit it was.
@@ -199,25 +244,16 @@ def _wanted_outputs(model: str, available: list[str], request: InferRequest) -> 
     names = [out.name for out in request.outputs]
     unknown = [name for name in names if name not in available]
     if unknown:
-        raise InvalidInput(f"model '{model}' has no output {unknown[0]!r} (outputs: {available})")
+        raise InvalidInput(
+            f"model {shown(model)!r} has no output {shown(unknown[0])!r} (outputs: {available})"
+        )
     return names
 
 
 def _schedule_policy(request: InferRequest, deadline: float | None) -> tuple[int, float | None]:
     """Triton's schedule-policy parameters: ``priority`` (1 = highest) and ``timeout`` (µs)."""
-    priority = request.parameters.get("priority", 0)
-    if not isinstance(priority, int) or isinstance(priority, bool) or priority < 0:
-        raise InvalidInput(f"parameter 'priority' must be a non-negative integer, got {priority!r}")
-    timeout_us = request.parameters.get("timeout")
-    if timeout_us is not None:
-        if (
-            not isinstance(timeout_us, int | float)
-            or isinstance(timeout_us, bool)
-            or timeout_us <= 0
-        ):
-            raise InvalidInput(
-                f"parameter 'timeout' must be positive microseconds, got {timeout_us!r}"
-            )
-        own = time.monotonic() + timeout_us / 1e6
+    policy = schedule_policy(request.parameters)
+    if policy.timeout_s is not None:
+        own = time.monotonic() + policy.timeout_s
         deadline = own if deadline is None else min(deadline, own)
-    return priority, deadline
+    return policy.priority, deadline

@@ -4,7 +4,9 @@ Two listeners share one servicer class: the plain one authenticates apps by API 
 the call metadata (``authorization: Bearer …`` or ``x-api-key``); the mTLS one
 authenticates devices by the common name of their client certificate, which the TLS
 handshake has already verified against our CA. ``_mapped`` is the one place where
-``EdgeServeError`` becomes a gRPC status.
+``EdgeServeError`` becomes a gRPC status; it also parses each request from its raw bytes
+(see ``add_inference_servicer``), so a message that is not protobuf is one more
+INVALID_ARGUMENT, counted and logged (throttled) like the rest, not grpcio's UNKNOWN.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import grpc
 from cloud_gateway.core import Credentials, GatewayCore
 from cloud_gateway.tenancy import Principal
 from edgeserve.listen import cannot_listen
+from edgeserve.logs import LogThrottle
 from edgeserve.wire import oip_grpc
 from edgeserve.wire.errors import EdgeServeError, InternalError, RateLimited
 from edgeserve.wire.grpc_stubs import add_inference_servicer
@@ -28,41 +31,55 @@ from edgeserve.wire.proto import grpc_service_pb2 as pb
 from edgeserve.wire.proto import grpc_service_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
-Request = TypeVar("Request")
+Request = TypeVar("Request", bound=oip_grpc.ProtoMessage)
 Reply = TypeVar("Reply")
 Method = Callable[[Any, Request, grpc.aio.ServicerContext], Awaitable[Reply]]
+RawMethod = Callable[[Any, bytes, grpc.aio.ServicerContext], Awaitable[Reply]]
+# A storm of bad requests logs one line per RPC and code this often, with a count.
+REFUSAL_LOG_INTERVAL_S = 10.0
 
 
-def _mapped(method: Method[Request, Reply]) -> Method[Request, Reply]:
-    @functools.wraps(method)
-    async def guarded(self: Servicer, request: Request, context: grpc.aio.ServicerContext) -> Reply:
-        try:
-            return await method(self, request, context)
-        except EdgeServeError as exc:
-            error = exc
-        except Exception as exc:
-            log.exception("unhandled error", extra={"rpc": method.__name__})
-            error = InternalError(f"internal error: {exc}")
-        self.core.metrics.errors.labels(error.code.label, "grpc").inc()
-        # A flood of 429s must not turn into a flood of log lines.
-        log.log(
-            logging.DEBUG if isinstance(error, RateLimited) else logging.WARNING,
-            "rpc refused",
-            extra={"rpc": method.__name__, "code": error.code.label, "reason": error.message},
-        )
-        if isinstance(error, RateLimited):
-            retry = str(max(1, math.ceil(error.retry_after_s)))
-            context.set_trailing_metadata((("retry-after", retry),))
-        await context.abort(grpc.StatusCode[error.code.grpc_status], error.message)
-        raise AssertionError("unreachable: abort raises")  # pragma: no cover
+def _mapped(
+    request_type: type[Request],
+) -> Callable[[Method[Request, Reply]], RawMethod[Reply]]:
+    """The RPC as grpcio calls it: the raw request parsed as ``request_type``, and every
+    error, an unparsable request included, counted, logged and sent as a gRPC status."""
 
-    return guarded
+    def wrap(method: Method[Request, Reply]) -> RawMethod[Reply]:
+        @functools.wraps(method)
+        async def guarded(self: Servicer, raw: bytes, context: grpc.aio.ServicerContext) -> Reply:
+            try:
+                request = oip_grpc.parse_message(request_type, raw)
+                return await method(self, request, context)
+            except EdgeServeError as exc:
+                error = exc
+            except Exception as exc:
+                log.exception("unhandled error", extra={"rpc": method.__name__})
+                error = InternalError(f"internal error: {exc}")
+            self.core.metrics.errors.labels(error.code.label, "grpc").inc()
+            # A flood of 429s must not turn into a flood of log lines, nor one of garbage.
+            self.refusals.log(
+                logging.DEBUG if isinstance(error, RateLimited) else logging.WARNING,
+                (method.__name__, error.code),
+                "rpc refused",
+                {"rpc": method.__name__, "code": error.code.label, "reason": error.message},
+            )
+            if isinstance(error, RateLimited):
+                retry = str(max(1, math.ceil(error.retry_after_s)))
+                context.set_trailing_metadata((("retry-after", retry),))
+            await context.abort(grpc.StatusCode[error.code.grpc_status], error.message)
+            raise AssertionError("unreachable: abort raises")  # pragma: no cover
+
+        return guarded
+
+    return wrap
 
 
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     def __init__(self, core: GatewayCore, mtls: bool) -> None:
         self.core = core
         self.mtls = mtls
+        self.refusals = LogThrottle(log, REFUSAL_LOG_INTERVAL_S)
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
         if self.mtls:
@@ -73,25 +90,25 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         key = metadata.get("authorization") or metadata.get("x-api-key")
         return await self.core.authenticate(Credentials(api_key=key))
 
-    @_mapped
+    @_mapped(pb.ServerLiveRequest)
     async def ServerLive(
         self, request: pb.ServerLiveRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
 
-    @_mapped
+    @_mapped(pb.ServerReadyRequest)
     async def ServerReady(
         self, request: pb.ServerReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerReadyResponse:
         return pb.ServerReadyResponse(ready=self.core.ready)
 
-    @_mapped
+    @_mapped(pb.ServerMetadataRequest)
     async def ServerMetadata(
         self, request: pb.ServerMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ServerMetadataResponse:
         return oip_grpc.server_metadata_to_proto(self.core.server_metadata())
 
-    @_mapped
+    @_mapped(pb.ModelReadyRequest)
     async def ModelReady(
         self, request: pb.ModelReadyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelReadyResponse:
@@ -99,7 +116,7 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         ready = self.core.model_ready(principal, request.name, request.version or None)
         return pb.ModelReadyResponse(ready=ready)
 
-    @_mapped
+    @_mapped(pb.ModelMetadataRequest)
     async def ModelMetadata(
         self, request: pb.ModelMetadataRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
@@ -107,18 +124,23 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         metadata = self.core.model_metadata(principal, request.name, request.version or None)
         return oip_grpc.model_metadata_to_proto(metadata)
 
-    @_mapped
+    @_mapped(pb.ModelInferRequest)
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
         principal = await self._principal(context)
-        infer_request = oip_grpc.request_from_proto(request)
-        remaining = context.time_remaining()
-        deadline = None if remaining is None else time.monotonic() + remaining
-        response = await self.core.infer(principal, infer_request, deadline)
+        # Refusals that need no tensors (403, 404, 429) before any tensor is decoded.
+        admission = await self.core.admit(principal, request.model_name)
+        try:
+            infer_request = oip_grpc.request_from_proto(request)
+            remaining = context.time_remaining()
+            deadline = None if remaining is None else time.monotonic() + remaining
+            response = await self.core.run(admission, infer_request, deadline)
+        finally:
+            self.core.release(admission)
         return oip_grpc.response_to_proto(response)
 
-    @_mapped
+    @_mapped(pb.RepositoryIndexRequest)
     async def RepositoryIndex(
         self, request: pb.RepositoryIndexRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryIndexResponse:
@@ -128,14 +150,14 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
         models = [pb.RepositoryIndexResponse.ModelIndex(**row) for row in rows]
         return pb.RepositoryIndexResponse(models=models)
 
-    @_mapped
+    @_mapped(pb.RepositoryModelLoadRequest)
     async def RepositoryModelLoad(
         self, request: pb.RepositoryModelLoadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelLoadResponse:
         await self.core.load(await self._principal(context), request.model_name)
         return pb.RepositoryModelLoadResponse()
 
-    @_mapped
+    @_mapped(pb.RepositoryModelUnloadRequest)
     async def RepositoryModelUnload(
         self, request: pb.RepositoryModelUnloadRequest, context: grpc.aio.ServicerContext
     ) -> pb.RepositoryModelUnloadResponse:

@@ -1,8 +1,9 @@
 """The gateway process: one event loop running the REST server and both gRPC listeners.
 
 Start-up order: tenants and PKI (generated on first start, never shipped), the
-repository (seeded with the packaged models when empty), preloads, then the listeners;
-the bound ports are written as JSON to ``port_file`` once all accept connections.
+repository (seeded with the packaged models when empty), the listeners, then the
+preloads (every model by default, as the memory budget allows); the bound ports are
+written as JSON to ``port_file`` once all accept connections and the preloads are in.
 Shutdown is staged: stop accepting, let in-flight requests finish (10 s grace), stop the
 batchers, release the models.
 """
@@ -10,8 +11,10 @@ batchers, release the models.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from cloud_gateway.config import GatewayConfig
@@ -21,6 +24,7 @@ from cloud_gateway.metrics import GatewayMetrics
 from cloud_gateway.repository.manager import ModelRepository
 from cloud_gateway.repository.seed import seed_repository
 from cloud_gateway.rest import create_rest_app
+from cloud_gateway.scheduler.shared_buckets import SharedRateLimiter
 from cloud_gateway.tenancy import Authenticator, TenantStore
 from edgeserve.logs import configure_logging
 from edgeserve.security.pki import ensure_dev_pki
@@ -42,18 +46,14 @@ def build_core(config: GatewayConfig, executor: ThreadPoolExecutor) -> GatewayCo
         metrics.compute_seconds.labels(model).observe(seconds)
 
     def on_change() -> None:
-        metrics.loaded.clear()
-        metrics.model_memory.clear()
-        for version in repository.loaded():
-            backend = version.backend
-            metrics.loaded.labels(version.name, version.version, backend.name, backend.device).set(
-                1
-            )
-            metrics.model_memory.labels(version.name, version.version).set(version.memory_bytes)
+        metrics.publish_loaded(
+            [
+                (v.name, v.version, v.backend.name, v.backend.device, v.memory_bytes)
+                for v in repository.loaded()
+            ]
+        )
 
-    config.repository_path.mkdir(parents=True, exist_ok=True)
-    if not any(config.repository_path.iterdir()):
-        seed_repository(config.repository_path)
+    prepare_state(config)
     repository = ModelRepository(
         config.repository_path,
         config.memory_budget_bytes,
@@ -67,7 +67,24 @@ def build_core(config: GatewayConfig, executor: ThreadPoolExecutor) -> GatewayCo
         lambda: {f"{v.name}/{v.version}": v.batcher.queue_depth for v in repository.loaded()}
     )
     authenticator = Authenticator(TenantStore(config.tenants_path))
-    return GatewayCore(repository, authenticator, metrics)
+    shared = None
+    if config.rate_limit_store:
+        shared = SharedRateLimiter(
+            config.rate_limit_store, on_fallback=metrics.limiter_fallbacks.inc
+        )
+    return GatewayCore(repository, authenticator, metrics, shared)
+
+
+def prepare_state(config: GatewayConfig) -> None:
+    """The one-time setup of a state folder: the repository (seeded when empty), the
+    tenants database (created or migrated) and, for the device port, the dev PKI. Worker
+    processes share one folder, so their supervisor runs this before starting them."""
+    config.repository_path.mkdir(parents=True, exist_ok=True)
+    if not any(config.repository_path.iterdir()):
+        seed_repository(config.repository_path)
+    TenantStore(config.tenants_path).close()
+    if config.grpc_mtls_port is not None:
+        device_tls(config)
 
 
 def device_tls(config: GatewayConfig) -> tuple[bytes, bytes, bytes]:
@@ -84,8 +101,6 @@ def device_tls(config: GatewayConfig) -> tuple[bytes, bytes, bytes]:
 async def serve(config: GatewayConfig) -> None:
     executor = ThreadPoolExecutor(config.inference_threads, thread_name_prefix="inference")
     core = build_core(config, executor)
-    for name in config.preload:
-        await core.repository.load(name)
     http_socket = listening_socket(config.host, config.http_port, what="OIP v2 REST")
     grpc_plain, grpc_port = create_grpc_server(core, config.host, config.grpc_port)
     servers = [grpc_plain]
@@ -97,16 +112,20 @@ async def serve(config: GatewayConfig) -> None:
         servers.append(grpc_mtls)
     for server in servers:
         await server.start()
-    rest, rest_task = await start_embedded(
-        create_rest_app(core, config.max_body_bytes), http_socket, GRACE_SECONDS
-    )
+    app = create_rest_app(core, config.max_body_bytes, access_log=config.access_log)
+    rest, rest_task = await start_embedded(app, http_socket, GRACE_SECONDS)
+    log.info("gateway listening", extra=ports)
+    # Listening first: a request for a model still loading waits for it (never "not
+    # ready"); /v2/health/ready and the port file say ready once the preloads are in.
+    preloaded = await core.repository.preload(config.preload)
     core.started = True
     write_port_file(config.port_file, ports)
-    log.info("gateway listening", extra=ports)
+    log.info("gateway ready", extra={"preloaded": preloaded})
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
+    sampler = loop.create_task(_sample_queues(core, stop)) if core.metrics.multiprocess else None
     try:
         await stop.wait()
     finally:
@@ -115,11 +134,41 @@ async def serve(config: GatewayConfig) -> None:
         rest.should_exit = True
         await asyncio.gather(*(s.stop(GRACE_SECONDS) for s in servers))
         await rest_task
+        if sampler is not None:
+            await sampler
         await core.repository.close()
+        if core.shared_buckets is not None:
+            await core.shared_buckets.close()
         executor.shutdown(wait=True, cancel_futures=True)
         log.info("gateway stopped")
 
 
+async def _sample_queues(core: GatewayCore, stop: asyncio.Event) -> None:
+    while not stop.is_set():
+        core.metrics.sample_queues()
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+
+
 def run_gateway(config: GatewayConfig) -> None:
     configure_logging(config.log_level, config.log_format)
-    asyncio.run(serve(config))
+    if config.workers > 1:
+        from cloud_gateway.workers import Supervisor
+
+        with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+            code = runner.run(Supervisor(config).run())
+        if code:
+            raise SystemExit(code)
+        return
+    # uvloop where installed (uvicorn[standard] brings it): a cheaper event loop for every
+    # request on every door; grpc.aio runs on it.
+    with asyncio.Runner(loop_factory=_loop_factory()) as runner:
+        runner.run(serve(config))
+
+
+def _loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop

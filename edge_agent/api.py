@@ -10,7 +10,7 @@ the one place where errors meet HTTP.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import Awaitable, Callable, MutableMapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -18,14 +18,17 @@ import orjson
 
 from edge_agent.core import AgentCore
 from edge_agent.router import Router
+from edgeserve.logs import LogThrottle
 from edgeserve.wire import oip_rest
 from edgeserve.wire.errors import (
     EdgeServeError,
     InternalError,
     InvalidInput,
+    MethodNotAllowed,
     ModelNotFound,
+    shown,
 )
-from edgeserve.wire.http_body import read_limited_body
+from edgeserve.wire.http_body import asgi_body_chunks, read_limited_body
 from edgeserve.wire.model_card import RouterPolicy
 
 log = logging.getLogger(__name__)
@@ -36,10 +39,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 
 JSON = b"application/json"
-
-
-class MethodNotAllowed(InvalidInput):
-    """A known path asked with the wrong HTTP method (400 in OIP terms)."""
+# A storm of bad requests logs one line per error code this often, with a count.
+REFUSAL_LOG_INTERVAL_S = 10.0
 
 
 @dataclass(slots=True)
@@ -72,6 +73,7 @@ class AgentApp:
     def __init__(self, core: AgentCore, router: Router) -> None:
         self.core = core
         self.router = router
+        self.refusals = LogThrottle(log, REFUSAL_LOG_INTERVAL_S)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -84,7 +86,9 @@ class AgentApp:
         except Exception as exc:
             log.exception("unhandled error", extra={"path": request.path})
             reply = self._error_reply(request, InternalError(f"internal error: {exc}"))
-        headers = [(b"content-type", reply.content_type), *reply.headers]
+        # With a length, uvicorn need not chunk the body.
+        length = (b"content-length", b"%d" % len(reply.body))
+        headers = [(b"content-type", reply.content_type), length, *reply.headers]
         await send({"type": "http.response.start", "status": reply.status, "headers": headers})
         await send({"type": "http.response.body", "body": reply.body})
 
@@ -92,11 +96,13 @@ class AgentApp:
         model = self.core.metric_label(request.model or "_none")
         self.core.metrics.errors.labels(exc.code.label).inc()
         self.core.metrics.requests.labels(model, exc.code.label).inc()
-        log.warning(
+        self.refusals.log(
+            logging.WARNING,
+            exc.code,
             "request rejected",
-            extra={"path": request.path, "code": exc.code.label, "reason": exc.message},
+            {"path": shown(request.path), "code": exc.code.label, "reason": exc.message},
         )
-        status = 405 if isinstance(exc, MethodNotAllowed) else exc.code.http_status
+        status = exc.code.http_status
         return Reply(status, oip_rest.error_body(exc.message))
 
     async def _route(self, request: HttpRequest) -> Reply:
@@ -105,7 +111,7 @@ class AgentApp:
             _expect(request, "GET")
             return Reply(200, self.core.metrics.render(), b"text/plain; version=0.0.4")
         if parts[0] != "v2":
-            raise ModelNotFound(f"no such path {request.path}")
+            raise ModelNotFound(f"no such path {shown(request.path)}")
         if len(parts) >= 3 and parts[1] == "models":
             return await self._model_route(request, parts[2:])
         return self._server_route(request, "/".join(parts[1:]))
@@ -124,7 +130,7 @@ class AgentApp:
         if rest == "repository/index":
             _expect(request, "POST")
             return _json(self._repository_index())
-        raise ModelNotFound(f"no such path {request.path}")
+        raise ModelNotFound(f"no such path {shown(request.path)}")
 
     async def _model_route(self, request: HttpRequest, parts: list[str]) -> Reply:
         request.model = parts[0]
@@ -144,7 +150,7 @@ class AgentApp:
         if action == ["infer"]:
             _expect(request, "POST")
             return await self._infer(request, request.model)
-        raise ModelNotFound(f"no such path {request.path}")
+        raise ModelNotFound(f"no such path {shown(request.path)}")
 
     async def _router_policy(self, request: HttpRequest) -> Reply:
         """GET the model's routing policy; PUT a runtime override (DELETE restores the card's)."""
@@ -190,7 +196,9 @@ def create_app(core: AgentCore, router: Router) -> AgentApp:
 
 def _expect(request: HttpRequest, method: str) -> None:
     if request.method != method and not (method == "GET" and request.method == "HEAD"):
-        raise MethodNotAllowed(f"{request.path} accepts {method}, not {request.method}")
+        raise MethodNotAllowed(
+            f"{shown(request.path)} accepts {method}, not {shown(request.method)}"
+        )
 
 
 def _header_length(request: HttpRequest) -> int | None:
@@ -200,24 +208,17 @@ def _header_length(request: HttpRequest) -> int | None:
     try:
         return int(raw)
     except ValueError:
-        raise InvalidInput(f"Inference-Header-Content-Length {raw!r} is not an integer") from None
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {shown(raw)} is not an integer"
+        ) from None
 
 
 async def _read_body(request: HttpRequest, limit: int) -> bytes:
-    async def chunks() -> AsyncIterator[bytes]:
-        while True:
-            message = await request.receive()
-            if message["type"] == "http.disconnect":
-                raise InvalidInput("client disconnected before sending the whole body")
-            yield message.get("body", b"")
-            if not message.get("more_body", False):
-                return
-
     length = request.headers.get(b"content-length")
     encoding = request.headers.get(b"content-encoding")
     return await read_limited_body(
-        chunks(),
-        length.decode() if length is not None else None,
-        encoding.decode() if encoding is not None else None,
+        asgi_body_chunks(request.receive),
+        length.decode("latin-1") if length is not None else None,
+        encoding.decode("latin-1") if encoding is not None else None,
         limit,
     )

@@ -29,8 +29,9 @@ from edge_agent.escalation import EscalationClient
 from edge_agent.executor import BoundedExecutor
 from edge_agent.recorder import Answered, TelemetryRecorder
 from edgeserve.wire.confidence import confidence_scores
-from edgeserve.wire.errors import EdgeServeError, InvalidInput
+from edgeserve.wire.errors import EdgeServeError
 from edgeserve.wire.model_card import RouterPolicy
+from edgeserve.wire.schedule import schedule_policy
 from edgeserve.wire.tensors import InferRequest, InferResponse, InferTensor
 
 log = logging.getLogger(__name__)
@@ -145,6 +146,8 @@ class Router:
 
     async def _route(self, request: InferRequest, started: float) -> InferResponse:
         model = self.core.model(request.model_name, request.model_version)
+        # A bad schedule policy is refused before any work, not only when escalating.
+        budget_s = _budget_s(request, self.default_budget_s)
         key, hit = self.cached(model, request)
         if hit is not None:
             return hit
@@ -165,7 +168,7 @@ class Router:
             # An agent with no cloud configured answers alone; that is its normal state.
             answer |= {"tier": "edge", "uncertain_rows": decision.rows}
             return self._finish(key, model, request, local.outputs, answer)
-        budget = _budget_s(request, self.default_budget_s) - (time.monotonic() - started)
+        budget = budget_s - (time.monotonic() - started)
         return await self._escalate(key, model, request, local, decision, answer, policy, budget)
 
     async def _escalate(
@@ -311,12 +314,8 @@ def _label(model: LoadedModel, index: int) -> str:
 
 
 def _budget_s(request: InferRequest, default_s: float) -> float:
-    timeout_us = request.parameters.get("timeout")
-    if timeout_us is None:
-        return default_s
-    if not isinstance(timeout_us, int | float) or isinstance(timeout_us, bool) or timeout_us <= 0:
-        raise InvalidInput(f"parameter 'timeout' must be positive microseconds, got {timeout_us!r}")
-    return float(timeout_us) / 1e6
+    timeout_s = schedule_policy(request.parameters).timeout_s
+    return default_s if timeout_s is None else timeout_s
 
 
 def _merge_rows(

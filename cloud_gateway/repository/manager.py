@@ -21,7 +21,7 @@ from cloud_gateway.backends import Backend, load_backend
 from cloud_gateway.backends.base import estimate_memory
 from cloud_gateway.repository.config import ModelConfig, artifact_path
 from cloud_gateway.scheduler import BatchingConfig, DynamicBatcher, Tensors
-from edgeserve.wire.errors import EdgeServeError, InternalError, ModelNotFound, Unavailable
+from edgeserve.wire.errors import EdgeServeError, InternalError, ModelNotFound, Unavailable, shown
 
 log = logging.getLogger(__name__)
 CONFIG_NAME = "config.toml"
@@ -118,9 +118,9 @@ class ModelRepository:
     def entry(self, name: str) -> ModelEntry:
         entry = self.entries().get(name)
         if entry is None:
-            raise ModelNotFound(f"unknown model '{name}'")
+            raise ModelNotFound(f"unknown model {shown(name)!r}")
         if not entry.versions:
-            raise ModelNotFound(f"model '{name}' has no version to serve")
+            raise ModelNotFound(f"model {shown(name)!r} has no version to serve")
         return entry
 
     def loaded(self) -> list[LoadedVersion]:
@@ -151,7 +151,7 @@ class ModelRepository:
         entry = self.entry(name)
         wanted = version or entry.versions[-1]
         if wanted not in entry.versions:
-            raise ModelNotFound(f"model '{name}' has no servable version '{wanted}'")
+            raise ModelNotFound(f"model {shown(name)!r} has no servable version {shown(wanted)!r}")
         loaded = self._loaded.get((name, wanted))
         if loaded is None:
             loaded = await self._load_once(entry, wanted)
@@ -164,11 +164,35 @@ class ModelRepository:
         entry = self.entry(name)
         return [await self.get(name, version) for version in entry.versions]
 
+    async def preload(self, names: list[str]) -> list[str]:
+        """Load ``names`` (``"*"``: every model, in name order) at start, each model's
+        newest version, as far as the memory budget allows without evicting another
+        preload; returns what was loaded. A model that does not fit or fails to load is
+        logged and skipped: it still loads on first use."""
+        self.entries(refresh=True)
+        wanted = sorted(self._entries) if "*" in names else names
+        loaded: list[str] = []
+        for name in wanted:
+            try:
+                entry = self.entry(name)
+                version = entry.versions[-1]
+                artifact = artifact_path(entry.path / version, entry.config.backend)
+                needed = estimate_memory(entry.config, artifact)
+                if self.memory_in_use + needed > self.memory_budget_bytes:
+                    log.info("not preloaded: over the memory budget", extra={"model": name})
+                    continue
+                await self.get(name, version)
+            except EdgeServeError as exc:
+                log.warning("preload failed", extra={"model": name, "reason": exc.message})
+                continue
+            loaded.append(name)
+        return loaded
+
     async def unload(self, name: str) -> int:
         """Explicit unload: stop each version's batcher, then release its backend."""
         victims = [v for key, v in self._loaded.items() if key[0] == name]
         if not victims and name not in self.entries():
-            raise ModelNotFound(f"unknown model '{name}'")
+            raise ModelNotFound(f"unknown model {shown(name)!r}")
         for victim in victims:
             await self._drop(victim)
         return len(victims)

@@ -4,11 +4,12 @@ API keys arrive as ``Authorization: Bearer <key>`` or as the raw value of ``x-ap
 devices arrive over mTLS, identified by their client certificate's common name, which the
 TLS layer has already verified against the CA. There is no anonymous mode.
 
-Verifying a key costs a deliberately slow hash, so verified keys are cached in memory by
-``sha256(key)`` for ``cache_ttl_s``. The store tells this cache about rotations and
-removals made through it, which drops that tenant's entries at once; a change made by
-another process (the admin CLI) is seen when the entry expires, so ``cache_ttl_s`` is
-the longest a revoked key can still be accepted by a running gateway.
+Verified keys are cached in memory by ``sha256(key)`` for ``cache_ttl_s``, so a known
+caller costs a dict lookup, not a database query; an unknown key or a wrong secret costs
+one indexed query and one SHA-256 (microseconds), inline. The store tells this cache about
+rotations and removals made through it, which drops that tenant's entries at once; a
+change made by another process (the admin CLI) is seen when the entry expires, so
+``cache_ttl_s`` is the longest a revoked key can still be accepted by a running gateway.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from collections.abc import Callable
 from cloud_gateway.tenancy.keys import ApiKey
 from cloud_gateway.tenancy.models import Principal
 from cloud_gateway.tenancy.store import TenantStore
-from edgeserve.wire.errors import PermissionDenied, Unauthenticated
+from edgeserve.wire.errors import PermissionDenied, Unauthenticated, shown
 
 MISSING_KEY = "missing credentials: send 'Authorization: Bearer <API key>' or 'x-api-key'"
 MISSING_CERT = "missing client certificate: devices authenticate with mutual TLS"
@@ -54,8 +55,8 @@ class Authenticator:
     def from_api_key(self, header_value: str | None) -> Principal:
         """Authenticate a ``Bearer <key>`` Authorization value or a raw ``x-api-key`` value.
 
-        Blocks for the slow hash on a cache miss; from an event loop use
-        ``from_api_key_async``.
+        A key row from before the SHA-256 upgrade blocks for the slow legacy hash; from an
+        event loop use ``from_api_key_async``.
         """
         key = _key_from_header(header_value)
         digest = hashlib.sha256(key.encode()).digest()
@@ -68,12 +69,15 @@ class Authenticator:
         return principal
 
     async def from_api_key_async(self, header_value: str | None) -> Principal:
-        """``from_api_key`` that answers cache hits inline and hashes misses in a thread."""
+        """``from_api_key`` that runs inline, except a legacy (scrypt) row's check, which
+        goes to a thread."""
         key = _key_from_header(header_value)
         cached = self._cached(hashlib.sha256(key.encode()).digest())
         if cached is not None:
             return cached
-        return await asyncio.to_thread(self.from_api_key, key)
+        if self._store.needs_slow_check(key):
+            return await asyncio.to_thread(self.from_api_key, key)
+        return self.from_api_key(key)
 
     def from_device_certificate(self, common_name: str | None) -> Principal:
         """The principal of a verified client certificate's CN (its device id)."""
@@ -81,13 +85,15 @@ class Authenticator:
             raise Unauthenticated(MISSING_CERT)
         tenant = self._store.tenant_for_device(common_name)
         if tenant is None:
-            raise PermissionDenied(f"device '{common_name}' is not registered")
+            raise PermissionDenied(f"device {shown(common_name)!r} is not registered")
         return Principal.for_device(tenant, common_name)
 
     @staticmethod
     def authorize(principal: Principal, model: str) -> None:
         if not principal.can_use(model):
-            raise PermissionDenied(f"tenant '{principal.tenant}' may not use model '{model}'")
+            raise PermissionDenied(
+                f"tenant {shown(principal.tenant)!r} may not use model {shown(model)!r}"
+            )
 
     def forget(self, tenant: str | None = None) -> None:
         """Drop the cached keys of ``tenant`` (all tenants when None)."""

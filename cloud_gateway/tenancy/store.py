@@ -21,7 +21,13 @@ from typing import Any
 
 from pydantic import ValidationError
 
-from cloud_gateway.tenancy.keys import DEFAULT_SCRYPT_N, ApiKey, KeyHasher
+from cloud_gateway.tenancy.keys import (
+    ApiKey,
+    LegacyGate,
+    hash_key,
+    is_legacy,
+    verify_key_hash,
+)
 from cloud_gateway.tenancy.models import DEVICE_ID, Tenant, TenantKind
 from cloud_gateway.tenancy.schema import (
     connect,
@@ -64,13 +70,14 @@ class KeyInfo:
 
 
 class TenantStore:
-    """The tenant database; ``scrypt_n`` lowers the key-hash cost for tests only."""
+    """The tenant database; ``legacy_gate`` paces checks of pre-SHA-256 key rows."""
 
-    def __init__(self, path: Path, *, scrypt_n: int = DEFAULT_SCRYPT_N) -> None:
+    def __init__(self, path: Path, *, legacy_gate: LegacyGate | None = None) -> None:
         self.path = path
-        self._hasher = KeyHasher(n=scrypt_n)
+        self.legacy_gate = legacy_gate or LegacyGate()
         self._lock = threading.Lock()
         self._listeners: list[Callable[[str], None]] = []
+        self._key_columns = ", ".join(f"t.{field}" for field in _TENANT_FIELDS)
         self._conn = connect(path)
         try:
             migrate(self._conn, self._lock, path)
@@ -123,7 +130,7 @@ class TenantStore:
             kind=kind,
         )
         key = ApiKey.generate()
-        key_hash = self._hasher.hash(key)
+        key_hash = hash_key(key)
         with self._transaction() as conn:
             if _tenant_row(conn, name) is not None:
                 raise TenantExists(f"tenant '{name}' already exists")
@@ -174,7 +181,7 @@ class TenantStore:
     def rotate_key(self, name: str) -> str:
         """Revoke every live key of the tenant and return a new one, in one transaction."""
         key = ApiKey.generate()
-        key_hash = self._hasher.hash(key)
+        key_hash = hash_key(key)
         with self._transaction() as conn:
             if _tenant_row(conn, name) is None:
                 raise TenantNotFound(f"tenant '{name}' does not exist")
@@ -198,21 +205,45 @@ class TenantStore:
         """The key's tenant, or ``Unauthenticated`` saying malformed, unknown or revoked.
 
         A wrong secret reads as an unknown key, and no message names a tenant. Revocation
-        is reported only to a caller who holds the real (old) key.
+        is reported only to a caller who holds the real (old) key. A row from before the
+        SHA-256 upgrade is checked through the legacy gate (slow, paced) and, when the
+        key matches, re-hashed so that the next check is fast.
         """
         key = ApiKey.parse(plaintext)
-        columns = ", ".join(f"t.{field}" for field in _TENANT_FIELDS)
         rows = self._rows(
-            f"SELECT k.key_hash, k.revoked_at, {columns} FROM api_keys k"
+            f"SELECT k.key_hash, k.revoked_at, {self._key_columns} FROM api_keys k"
             " JOIN tenants t ON t.name = k.tenant WHERE k.key_id = ?",
             key.key_id,
         )
-        # The slow hash runs outside the lock so other threads keep reading meanwhile.
-        if not rows or not self._hasher.verify(key, rows[0][0]):
+        if not rows:
             raise Unauthenticated(UNKNOWN_KEY)
-        if rows[0][1] is not None:
+        stored, revoked_at = rows[0][0], rows[0][1]
+        if is_legacy(stored):
+            if not self.legacy_gate.check(key, stored):
+                raise Unauthenticated(UNKNOWN_KEY)
+            self._upgrade_hash(key, stored)
+        elif not verify_key_hash(key, stored):
+            raise Unauthenticated(UNKNOWN_KEY)
+        if revoked_at is not None:
             raise Unauthenticated(REVOKED_KEY)
         return _tenant_from_row(rows[0][2:])
+
+    def needs_slow_check(self, plaintext: str) -> bool:
+        """Whether verifying this key will run the slow legacy hash (so a caller on an
+        event loop should verify it in a thread)."""
+        try:
+            key = ApiKey.parse(plaintext)
+        except Unauthenticated:
+            return False
+        rows = self._rows("SELECT key_hash FROM api_keys WHERE key_id = ?", key.key_id)
+        return bool(rows) and is_legacy(rows[0][0])
+
+    def _upgrade_hash(self, key: ApiKey, legacy: str) -> None:
+        with self._transaction() as conn:
+            conn.execute(
+                "UPDATE api_keys SET key_hash = ? WHERE key_id = ? AND key_hash = ?",
+                (hash_key(key), key.key_id, legacy),
+            )
 
     # -- devices (mTLS identities) -------------------------------------------------------
 

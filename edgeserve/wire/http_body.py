@@ -2,15 +2,32 @@
 
 The limit is checked against ``Content-Length`` before reading, while streaming (a
 chunked body has no length), and again after ``gzip``/``deflate`` decoding, so neither a
-large body nor a small compressed bomb gets past it.
+large body nor a small compressed bomb gets past it. A compressed body must end its
+stream: one cut short (a gzip without its trailer) is refused, not decoded in part. A
+client that leaves mid-body raises ``ClientDisconnected``, a refusal like any other
+rather than a failure of the server.
 """
 
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from typing import Any
 
-from edgeserve.wire.errors import InvalidInput, PayloadTooLarge
+from edgeserve.wire.errors import ClientDisconnected, InvalidInput, PayloadTooLarge, shown
+
+Receive = Callable[[], Awaitable[MutableMapping[str, Any]]]
+
+
+async def asgi_body_chunks(receive: Receive) -> AsyncIterator[bytes]:
+    """The body of an ASGI HTTP request, chunk by chunk, from its ``receive`` callable."""
+    while True:
+        message = await receive()
+        if message["type"] == "http.disconnect":
+            raise ClientDisconnected("client disconnected before sending the whole body")
+        yield message.get("body", b"")
+        if not message.get("more_body", False):
+            return
 
 
 async def read_limited_body(
@@ -34,17 +51,30 @@ async def read_limited_body(
     if encoding in ("gzip", "deflate"):
         return _decompress(body, encoding, limit)
     if encoding != "identity":
-        raise InvalidInput(f"unsupported Content-Encoding '{encoding}'")
+        raise InvalidInput(f"unsupported Content-Encoding '{shown(encoding)}'")
     return body
 
 
 def _decompress(body: bytes, encoding: str, limit: int) -> bytes:
+    """``body`` decoded; a gzip body may hold several members, as RFC 1952 allows."""
     wbits = 16 + zlib.MAX_WBITS if encoding == "gzip" else zlib.MAX_WBITS
-    decompressor = zlib.decompressobj(wbits)
-    try:
-        plain = decompressor.decompress(body, limit + 1)
-    except zlib.error as exc:
-        raise InvalidInput(f"body is not valid {encoding}: {exc}") from None
-    if len(plain) > limit:
-        raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
-    return plain
+    plain: list[bytes] = []
+    size = 0
+    rest = body
+    while True:
+        decompressor = zlib.decompressobj(wbits)
+        try:
+            chunk = decompressor.decompress(rest, limit + 1 - size)
+        except zlib.error as exc:
+            raise InvalidInput(f"body is not valid {encoding}: {exc}") from None
+        size += len(chunk)
+        if size > limit:
+            raise PayloadTooLarge(f"decompressed body exceeds the limit of {limit} bytes")
+        plain.append(chunk)
+        if not decompressor.eof:
+            raise InvalidInput(f"{encoding} body is truncated: its stream does not end")
+        rest = decompressor.unused_data
+        if not rest:
+            return b"".join(plain)
+        if encoding != "gzip":
+            raise InvalidInput(f"{len(rest)} bytes after the end of the {encoding} stream")

@@ -14,19 +14,22 @@ no value set. Any other value (a list, a dict) is JSON-encoded into string_param
 one way: it decodes as the JSON string, not as the original value.
 
 Every defect of an incoming message raises ``InvalidInput`` naming the tensor, with the
-same wording as the REST codec where the defect is the same.
+same wording as the REST codec where the defect is the same; so do bytes that are not a
+message at all (``parse_message``: the server takes requests as bytes and parses them
+itself, where its errors are mapped).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 import numpy.typing as npt
 import orjson
+from google.protobuf.message import DecodeError  # type: ignore[import-untyped]
 
-from edgeserve.wire.errors import InvalidInput
+from edgeserve.wire.errors import InvalidInput, shown
 from edgeserve.wire.proto import grpc_service_pb2 as pb
 from edgeserve.wire.raw_tensors import array_from_bytes, tensor_to_bytes
 from edgeserve.wire.tensors import (
@@ -43,6 +46,7 @@ __all__ = [
     "model_metadata_to_proto",
     "parameters_from_proto",
     "parameters_to_proto",
+    "parse_message",
     "request_from_proto",
     "request_to_proto",
     "response_from_proto",
@@ -71,6 +75,29 @@ _UINT64_MAX = 2**64 - 1
 
 # Both message kinds carry tensors with the same five fields.
 _ProtoTensor = pb.ModelInferRequest.InferInputTensor | pb.ModelInferResponse.InferOutputTensor
+
+
+class ProtoMessage(Protocol):
+    """What ``parse_message`` needs of a generated message class (protobuf has no stubs)."""
+
+    DESCRIPTOR: Any
+
+    def ParseFromString(self, serialized: bytes) -> Any: ...  # noqa: N802 (protobuf's name)
+
+
+AnyMessage = TypeVar("AnyMessage", bound=ProtoMessage)
+
+
+def parse_message(message_type: type[AnyMessage], raw: bytes) -> AnyMessage:
+    """``raw`` parsed as a ``message_type``; bytes that are not one raise InvalidInput."""
+    message = message_type()
+    try:
+        message.ParseFromString(raw)
+    except DecodeError:
+        raise InvalidInput(
+            f"request is not a valid {message_type.DESCRIPTOR.full_name} message"
+        ) from None
+    return message
 
 
 # -- inference requests and responses ---------------------------------------------------
@@ -173,7 +200,7 @@ def _parameter_to_proto(key: str, value: Any) -> pb.InferParameter:
         text = orjson.dumps(value, option=orjson.OPT_SERIALIZE_NUMPY).decode()
     except TypeError:
         raise InvalidInput(
-            f"parameter '{key}': a {type(value).__name__} has no InferParameter form"
+            f"parameter '{shown(key)}': a {type(value).__name__} has no InferParameter form"
         ) from None
     return pb.InferParameter(string_param=text)
 
@@ -183,7 +210,9 @@ def _int_parameter(key: str, value: int) -> pb.InferParameter:
         return pb.InferParameter(int64_param=value)
     if 0 <= value <= _UINT64_MAX:
         return pb.InferParameter(uint64_param=value)
-    raise InvalidInput(f"parameter '{key}': {value} is outside the int64 and uint64 ranges")
+    raise InvalidInput(
+        f"parameter '{shown(key)}': {shown(value)} is outside the int64 and uint64 ranges"
+    )
 
 
 # -- metadata ---------------------------------------------------------------------------
@@ -238,7 +267,7 @@ def _tensors_from_proto(
     for index, entry in enumerate(tensors):
         tensor = _tensor_from_proto(entry, raw[index] if raw else None, raw_field)
         if tensor.name in seen:
-            raise InvalidInput(f"tensor '{tensor.name}' given more than once")
+            raise InvalidInput(f"tensor '{shown(tensor.name)}' given more than once")
         seen.add(tensor.name)
         result.append(tensor)
     return result
@@ -250,13 +279,13 @@ def _tensor_from_proto(entry: _ProtoTensor, chunk: bytes | None, raw_field: str)
         raise InvalidInput("tensor without a 'name'")
     datatype = entry.datatype
     if datatype not in DATATYPE_TO_NUMPY:
-        raise InvalidInput(f"tensor '{name}': unsupported datatype '{datatype}'")
+        raise InvalidInput(f"tensor '{shown(name)}': unsupported datatype '{shown(datatype)}'")
     shape = list(entry.shape)
     count = element_count(shape, name)
     if chunk is not None:
         if entry.HasField("contents"):
             raise InvalidInput(
-                f"tensor '{name}': 'contents' given while the request uses {raw_field}; "
+                f"tensor '{shown(name)}': 'contents' given while the request uses {raw_field}; "
                 "all tensors must be raw or none"
             )
         array = array_from_bytes(chunk, datatype, count, name)
@@ -265,7 +294,7 @@ def _tensor_from_proto(entry: _ProtoTensor, chunk: bytes | None, raw_field: str)
     elif count == 0:
         array = np.empty(0, dtype=DATATYPE_TO_NUMPY[datatype])
     else:
-        raise InvalidInput(f"tensor '{name}': no 'contents' and no {raw_field}")
+        raise InvalidInput(f"tensor '{shown(name)}': no 'contents' and no {raw_field}")
     params = parameters_from_proto(entry.parameters)
     return InferTensor(name, datatype, shape, array.reshape(shape), params)
 
@@ -274,17 +303,17 @@ def _array_from_contents(
     contents: pb.InferTensorContents, datatype: str, count: int, name: str
 ) -> npt.NDArray[Any]:
     if datatype not in _CONTENTS_FIELD:
-        raise InvalidInput(f"tensor '{name}': {datatype} has no typed contents; send it raw")
+        raise InvalidInput(f"tensor '{shown(name)}': {datatype} has no typed contents; send it raw")
     field, wire_dtype = _CONTENTS_FIELD[datatype]
     for other, _ in contents.ListFields():
         if other.name != field:
             raise InvalidInput(
-                f"tensor '{name}': datatype {datatype} travels in {field}, not {other.name}"
+                f"tensor '{shown(name)}': datatype {datatype} travels in {field}, not {other.name}"
             )
     values = getattr(contents, field)
     if len(values) != count:
         raise InvalidInput(
-            f"tensor '{name}': shape holds {count} elements but contents has {len(values)}"
+            f"tensor '{shown(name)}': shape holds {count} elements but contents has {len(values)}"
         )
     if datatype == "BYTES":
         array = np.empty(count, dtype=object)
@@ -295,7 +324,7 @@ def _array_from_contents(
     if target.itemsize < wire_dtype.itemsize and wide.size:
         limits = np.iinfo(target)
         if wide.min() < limits.min or wide.max() > limits.max:
-            raise InvalidInput(f"tensor '{name}': contents out of range for {datatype}")
+            raise InvalidInput(f"tensor '{shown(name)}': contents out of range for {datatype}")
     return wide.astype(target, copy=False)
 
 
@@ -311,7 +340,7 @@ def _fill_tensor(entry: _ProtoTensor, tensor: InferTensor, raw: Any | None) -> N
         return
     if tensor.datatype not in _CONTENTS_FIELD:
         raise InvalidInput(
-            f"tensor '{tensor.name}': {tensor.datatype} has no typed contents; send it raw"
+            f"tensor '{shown(tensor.name)}': {tensor.datatype} has no typed contents; send it raw"
         )
     field, _ = _CONTENTS_FIELD[tensor.datatype]
     flat = tensor.data.reshape(-1)

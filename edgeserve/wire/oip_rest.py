@@ -14,9 +14,10 @@ import numpy as np
 import numpy.typing as npt
 import orjson
 
-from edgeserve.wire.errors import InvalidInput
+from edgeserve.wire.errors import InvalidInput, shown
 from edgeserve.wire.raw_tensors import array_from_bytes, tensor_to_bytes
 from edgeserve.wire.tensors import (
+    DATATYPE_TO_NUMPY,
     InferRequest,
     InferResponse,
     InferTensor,
@@ -149,53 +150,85 @@ def _decode_input(raw: Any, binary: bytes, offset: int) -> tuple[InferTensor, in
         raise InvalidInput("tensor without a 'name'")
     datatype = raw.get("datatype")
     if not isinstance(datatype, str):
-        raise InvalidInput(f"tensor '{name}': missing 'datatype'")
+        raise InvalidInput(f"tensor '{shown(name)}': missing 'datatype'")
+    if datatype not in DATATYPE_TO_NUMPY:
+        raise InvalidInput(f"tensor '{shown(name)}': unsupported datatype '{shown(datatype)}'")
     shape = raw.get("shape")
     if not isinstance(shape, list):
-        raise InvalidInput(f"tensor '{name}': missing 'shape'")
+        raise InvalidInput(f"tensor '{shown(name)}': missing 'shape'")
     count = element_count(shape, name)
-    params = _parameters(raw.get("parameters"), f"tensor '{name}'")
+    params = _parameters(raw.get("parameters"), f"tensor '{shown(name)}'")
     size = params.pop("binary_data_size", None)
     if size is not None:
-        if not isinstance(size, int) or size < 0 or offset + size > len(binary):
-            raise InvalidInput(f"tensor '{name}': binary_data_size {size} exceeds the body")
+        if not _is_int(size) or size < 0 or offset + size > len(binary):
+            raise InvalidInput(
+                f"tensor '{shown(name)}': binary_data_size {shown(size)} exceeds the body"
+            )
         chunk = binary[offset : offset + size]
         array = array_from_bytes(chunk, datatype, count, name)
         offset += size
     else:
         if "data" not in raw:
-            raise InvalidInput(f"tensor '{name}': no 'data' and no binary_data_size")
+            raise InvalidInput(f"tensor '{shown(name)}': no 'data' and no binary_data_size")
         array = _array_from_json(raw["data"], datatype, count, name)
     return InferTensor(name, datatype, shape, array.reshape(shape), params), offset
 
 
 def _array_from_json(data: Any, datatype: str, count: int, name: str) -> npt.NDArray[Any]:
+    """The flat array of ``data``: elements of the datatype's JSON kind, within its range
+    (checked, never cast blindly: numpy would wrap integers and warn its way to inf)."""
     dtype = numpy_dtype(datatype)
+    if datatype == "BYTES":
+        flat = _flatten(data)
+        _check_count(len(flat), count, name)
+        array = np.empty(count, dtype=object)
+        array[:] = [_to_bytes(item, name) for item in flat]
+        return array
     try:
-        if datatype == "BYTES":
-            flat = np.array(_flatten(data), dtype=object).reshape(-1)
-            array = np.array([_to_bytes(item, name) for item in flat], dtype=object)
-        else:
-            array = np.asarray(data, dtype=dtype).reshape(-1)
-            if dtype.kind in "iub" and not _all_exact(data, dtype.kind):
-                raise InvalidInput(f"tensor '{name}': data does not match datatype {datatype}")
-    except (ValueError, TypeError, OverflowError):
-        raise InvalidInput(f"tensor '{name}': data does not match datatype {datatype}") from None
-    if array.size != count:
+        parsed = np.asarray(data).reshape(-1)  # numpy infers the kind the JSON holds
+    except ValueError:
         raise InvalidInput(
-            f"tensor '{name}': shape holds {count} elements but data has {array.size}"
+            f"tensor '{shown(name)}': data must be a flat or evenly nested list"
+        ) from None
+    _check_count(parsed.size, count, name)
+    if parsed.size and not _kind_fits(parsed, data, dtype.kind):
+        raise InvalidInput(f"tensor '{shown(name)}': data does not match datatype {datatype}")
+    if parsed.dtype.kind == "O":  # numbers and nulls (NaN, as JSON writers send it)
+        parsed = parsed.astype(np.float64)
+    if dtype.kind in "iu" and parsed.size:
+        limits = np.iinfo(dtype)
+        if parsed.min() < limits.min or parsed.max() > limits.max:
+            raise InvalidInput(f"tensor '{shown(name)}': data out of range for {datatype}")
+    try:
+        with np.errstate(over="raise", invalid="raise"):
+            return parsed.astype(dtype, copy=False)
+    except FloatingPointError:
+        raise InvalidInput(f"tensor '{shown(name)}': data out of range for {datatype}") from None
+
+
+def _check_count(size: int, count: int, name: str) -> None:
+    if size != count:
+        raise InvalidInput(
+            f"tensor '{shown(name)}': shape holds {count} elements but data has {size}"
         )
-    return array
 
 
-def _all_exact(data: Any, kind: str) -> bool:
-    """Integer and bool tensors must not silently truncate floats or coerce numbers."""
-    for item in _flatten(data):
-        if kind == "b" and not isinstance(item, bool):
-            return False
-        if kind in "iu" and (isinstance(item, bool) or not isinstance(item, int)):
-            return False
-    return True
+def _kind_fits(parsed: npt.NDArray[Any], data: Any, kind: str) -> bool:
+    """Bool tensors take JSON booleans, integer tensors integers, float tensors numbers or
+    null (orjson and JavaScript write NaN as null; validation then refuses it by name): no
+    float is truncated, no string coerced. numpy reads [true, 2] as integers, so integer
+    tensors also look at each element."""
+    if kind == "b":
+        return parsed.dtype.kind == "b"
+    if kind in "iu":
+        return parsed.dtype.kind in "iu" and all(_is_int(item) for item in _flatten(data))
+    if parsed.dtype.kind == "O":
+        return all(item is None or _is_int(item) or isinstance(item, float) for item in parsed)
+    return parsed.dtype.kind in "iuf"
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _flatten(data: Any) -> list[Any]:
@@ -215,7 +248,7 @@ def _flatten(data: Any) -> list[Any]:
 def _to_bytes(item: Any, name: str) -> bytes:
     if isinstance(item, str):
         return item.encode()
-    raise InvalidInput(f"tensor '{name}': BYTES elements must be strings in JSON")
+    raise InvalidInput(f"tensor '{shown(name)}': BYTES elements must be strings in JSON")
 
 
 def _encode_tensor(tensor: InferTensor, binary: bool) -> tuple[dict[str, Any], bytes | None]:

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeserve.wire.errors import InvalidInput
+from edgeserve.wire.errors import InvalidInput, shown
 from edgeserve.wire.tensors import InferTensor, numpy_dtype
 
 BYTES_LENGTH_PREFIX = struct.Struct("<I")
@@ -43,7 +43,7 @@ def array_from_bytes(chunk: bytes, datatype: str, count: int, name: str) -> npt.
     dtype = numpy_dtype(datatype)
     if len(chunk) != count * dtype.itemsize:
         raise InvalidInput(
-            f"tensor '{name}': {len(chunk)} bytes given, shape and {datatype} need "
+            f"tensor '{shown(name)}': {len(chunk)} bytes given, shape and {datatype} need "
             f"{count * dtype.itemsize}"
         )
     return np.frombuffer(chunk, dtype=dtype)
@@ -54,15 +54,17 @@ def _bytes_elements(chunk: bytes, count: int, name: str) -> npt.NDArray[Any]:
     offset = 0
     while offset < len(chunk):
         if offset + 4 > len(chunk):
-            raise InvalidInput(f"tensor '{name}': truncated BYTES length prefix")
+            raise InvalidInput(f"tensor '{shown(name)}': truncated BYTES length prefix")
         (length,) = BYTES_LENGTH_PREFIX.unpack_from(chunk, offset)
         offset += 4
         if offset + length > len(chunk):
-            raise InvalidInput(f"tensor '{name}': truncated BYTES element")
+            raise InvalidInput(f"tensor '{shown(name)}': truncated BYTES element")
         items.append(chunk[offset : offset + length])
         offset += length
     if len(items) != count:
-        raise InvalidInput(f"tensor '{name}': shape holds {count} elements, got {len(items)}")
+        raise InvalidInput(
+            f"tensor '{shown(name)}': shape holds {count} elements, got {len(items)}"
+        )
     array = np.empty(len(items), dtype=object)
     array[:] = items
     return array

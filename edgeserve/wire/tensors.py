@@ -7,6 +7,7 @@ name, an OIP datatype and a shape.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from math import prod
 from typing import Any
@@ -14,9 +15,16 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeserve.wire.errors import InvalidInput
+from edgeserve.wire.errors import InvalidInput, shown
 
 Parameters = dict[str, Any]
+
+# Triton refuses tensors of more than 64 dimensions, and numpy cannot build them.
+MAX_TENSOR_DIMS = 64
+# A bound on the product of a shape's non-zero dimensions: the element count of a tensor,
+# and what numpy multiplies (times the item size, in 64 bits) even for an empty one, so a
+# shape like [0, 2**63 - 1] is refused here rather than overflowing inside numpy.
+MAX_TENSOR_ELEMENTS = 2**31 - 1
 
 # OIP v2 datatype name -> numpy dtype (little-endian, as the binary extension requires).
 DATATYPE_TO_NUMPY: dict[str, np.dtype[Any]] = {
@@ -52,13 +60,31 @@ def datatype_of(array: npt.NDArray[Any]) -> str:
 def numpy_dtype(datatype: str) -> np.dtype[Any]:
     try:
         return DATATYPE_TO_NUMPY[datatype]
-    except KeyError:
-        raise InvalidInput(f"unsupported datatype '{datatype}'") from None
+    except (KeyError, TypeError):
+        raise InvalidInput(f"unsupported datatype '{shown(datatype)}'") from None
 
 
-def element_count(shape: list[int], tensor: str) -> int:
+def element_count(shape: Sequence[Any], tensor: str) -> int:
+    """The number of elements of ``shape``, checked with Python ints before numpy sees it.
+
+    Every dimension must be a non-negative integer, there may be at most
+    ``MAX_TENSOR_DIMS`` of them, and their non-zero product at most
+    ``MAX_TENSOR_ELEMENTS``.
+    """
+    if len(shape) > MAX_TENSOR_DIMS:
+        raise InvalidInput(
+            f"tensor '{shown(tensor)}': shape has {len(shape)} dimensions, "
+            f"at most {MAX_TENSOR_DIMS} are allowed"
+        )
     if any(not isinstance(dim, int) or isinstance(dim, bool) or dim < 0 for dim in shape):
-        raise InvalidInput(f"tensor '{tensor}': shape {shape} must be non-negative integers")
+        raise InvalidInput(
+            f"tensor '{shown(tensor)}': shape {shown(list(shape))} must be non-negative integers"
+        )
+    if prod(max(dim, 1) for dim in shape) > MAX_TENSOR_ELEMENTS:
+        raise InvalidInput(
+            f"tensor '{shown(tensor)}': shape {shown(list(shape))} is too large; its non-zero "
+            f"dimensions multiply past {MAX_TENSOR_ELEMENTS}"
+        )
     return prod(shape)
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from edgeserve.wire.errors import InvalidInput
+from edgeserve.wire.errors import InvalidInput, shown
 from edgeserve.wire.model_card import TensorSpec
 from edgeserve.wire.tensors import InferTensor, datatype_of
 
@@ -39,12 +39,13 @@ def check_signature(model: str, signature: list[TensorSpec], arrays: Arrays) -> 
     unknown = sorted(set(arrays) - expected)
     if unknown:
         raise InvalidInput(
-            f"model '{model}' has no input {unknown[0]!r} (inputs: {sorted(expected)})"
+            f"model '{shown(model)}' has no input '{shown(unknown[0])}' "
+            f"(inputs: {sorted(expected)})"
         )
     for spec in signature:
         array = arrays.get(spec.name)
         if array is None:
-            raise InvalidInput(f"model '{model}' needs input '{spec.name}'")
+            raise InvalidInput(f"model '{shown(model)}' needs input '{spec.name}'")
         datatype = datatype_of(array)
         if datatype != spec.datatype:
             raise InvalidInput(f"input '{spec.name}' must be {spec.datatype}, got {datatype}")

@@ -128,8 +128,8 @@ def test_sync_without_the_charts_broker_needs_a_broker_host(render: Render) -> N
 @pytest.mark.parametrize(
     ("values", "components"),
     [
-        (VALUE_SETS["defaults"], {"gateway", "sync", "mosquitto"}),
-        (VALUE_SETS["gateway-only"], {"gateway"}),
+        (VALUE_SETS["defaults"], {"gateway", "redis", "sync", "mosquitto"}),
+        (VALUE_SETS["gateway-only"], {"gateway", "redis"}),
         (VALUE_SETS["sync-only"], {"sync"}),
         (VALUE_SETS["mosquitto-only"], {"mosquitto"}),
     ],
@@ -182,9 +182,10 @@ def test_probes_use_named_container_ports(render: Render) -> None:
 
 
 def test_gateway_probes_are_routes_of_the_gateway(render: Render) -> None:
-    from cloud_gateway.rest import router
+    from cloud_gateway.rest import HEALTH_ROUTES
+    from cloud_gateway.rest_api import router
 
-    routes = {getattr(route, "path", None) for route in router.routes}
+    routes = {getattr(route, "path", None) for route in router.routes} | set(HEALTH_ROUTES)
     gateway = one(render({}), "Deployment", "gateway")["spec"]["template"]["spec"]
     container = gateway["containers"][0]
     assert container["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
@@ -366,7 +367,9 @@ def test_network_policies_keep_the_sync_admin_api_inside_the_namespace(render: R
         p["metadata"]["labels"]["app.kubernetes.io/component"]: p["spec"]
         for p in find(manifests, "NetworkPolicy")
     }
-    assert set(policies) == {"gateway", "sync", "mosquitto"}
+    assert set(policies) == {"gateway", "redis", "sync", "mosquitto"}
+    (redis_peers,) = policies["redis"]["ingress"][0]["from"]  # the gateway pods, nobody else
+    assert redis_peers["podSelector"]["matchLabels"]["app.kubernetes.io/component"] == "gateway"
     assert "from" not in policies["gateway"]["ingress"][0]  # open to all, on its ports only
     assert {p["port"] for p in policies["gateway"]["ingress"][0]["ports"]} == {
         "http",
@@ -425,3 +428,21 @@ def test_sync_runs_one_replica_on_a_persistent_volume(render: Render) -> None:
     key_mount = next(m for m in mounts if m["name"] == "operator-key")
     # where the service's ensure_operator_key looks for the key
     assert key_mount["mountPath"] == f"{state}/keys/{PRIVATE_NAME}"
+
+
+def test_gateway_replicas_share_their_token_buckets_through_the_charts_redis(
+    render: Render,
+) -> None:
+    manifests = render({})
+    gateway = one(manifests, "Deployment", "gateway")["spec"]["template"]["spec"]
+    store = env_of(gateway["containers"][0])["EDGESERVE_GATEWAY_RATE_LIMIT_STORE"]
+    service = one(manifests, "Service", "redis")
+    port = service["spec"]["ports"][0]["port"]
+    assert store == f"redis://{service['metadata']['name']}:{port}/0"
+
+
+def test_an_external_rate_limit_store_replaces_the_charts_redis(render: Render) -> None:
+    values = {"gateway": {"config": {"rateLimitStore": "rediss://cache.example:6380/2"}}}
+    gateway = one(render(values), "Deployment", "gateway")["spec"]["template"]["spec"]
+    env = env_of(gateway["containers"][0])
+    assert env["EDGESERVE_GATEWAY_RATE_LIMIT_STORE"] == "rediss://cache.example:6380/2"

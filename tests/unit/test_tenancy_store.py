@@ -9,13 +9,21 @@ import pytest
 from cloud_gateway.tenancy import (
     SCHEMA_VERSION,
     ApiKey,
+    LegacyGate,
     TenantExists,
     TenantNotFound,
     TenantStore,
 )
-from edgeserve.wire.errors import ErrorCode, InternalError, InvalidInput, Unauthenticated
+from cloud_gateway.tenancy.keys import legacy_scrypt_hash
+from edgeserve.wire.errors import (
+    ErrorCode,
+    InternalError,
+    InvalidInput,
+    RateLimited,
+    Unauthenticated,
+)
 
-FAST = 2**8  # scrypt cost for tests; the production default is 2**14
+FAST = 2**8  # scrypt cost of the legacy rows these tests write
 
 
 @pytest.fixture
@@ -25,16 +33,24 @@ def db(tmp_path: Path) -> Path:
 
 @pytest.fixture
 def store(db: Path):
-    with TenantStore(db, scrypt_n=FAST) as opened:
+    with TenantStore(db) as opened:
         yield opened
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
 
 
 def _file_bytes(db: Path) -> bytes:
     return b"".join(path.read_bytes() for path in db.parent.glob(db.name + "*"))
 
 
-def test_the_plaintext_key_is_returned_once_and_only_its_salted_hash_is_stored(db):
-    with TenantStore(db, scrypt_n=FAST) as store:
+def test_the_plaintext_key_is_returned_once_and_only_its_digest_is_stored(db):
+    with TenantStore(db) as store:
         _, key = store.add_tenant("acme", ["digits"])
         rotated = store.rotate_key("acme")
 
@@ -46,8 +62,8 @@ def test_the_plaintext_key_is_returned_once_and_only_its_salted_hash_is_stored(d
         hashes = [row[0] for row in conn.execute("SELECT key_hash FROM api_keys")]
     conn.close()
     assert len(hashes) == 2
-    assert all(h.startswith(f"scrypt${FAST}$8$1$") for h in hashes)
-    assert hashes[0].split("$")[4] != hashes[1].split("$")[4], "each hash has its own salt"
+    assert all(h.startswith("sha256$") for h in hashes)
+    assert hashes[0] != hashes[1]
 
 
 def test_keys_have_the_documented_format(store):
@@ -215,36 +231,83 @@ def test_devices_map_to_one_tenant(store):
 
 
 def test_reopening_the_store_keeps_tenants_keys_and_devices(db):
-    with TenantStore(db, scrypt_n=FAST) as store:
+    with TenantStore(db) as store:
         tenant, key = store.add_tenant("acme", ["digits"], max_in_flight=3)
         store.register_device("dev-1", "acme")
 
-    with TenantStore(db, scrypt_n=FAST) as reopened:
+    with TenantStore(db) as reopened:
         assert reopened.verify_key(key) == tenant
         assert reopened.tenant_for_device("dev-1") == tenant
 
 
-def test_keys_hashed_at_one_cost_still_verify_after_the_cost_changes(db):
-    with TenantStore(db, scrypt_n=FAST) as store:
-        tenant, key = store.add_tenant("acme", ["digits"])
+def _store_legacy_row(db: Path, key: str) -> None:
+    """Rewrite a key's row as an edgeserve from before the SHA-256 upgrade stored it."""
+    legacy = legacy_scrypt_hash(ApiKey.parse(key), n=FAST)
+    with sqlite3.connect(db) as conn:
+        conn.execute("UPDATE api_keys SET key_hash = ? WHERE key_id = ?",
+                     (legacy, ApiKey.parse(key).key_id))  # fmt: skip
+    conn.close()
 
-    with TenantStore(db, scrypt_n=FAST * 4) as stronger:
-        assert stronger.verify_key(key) == tenant
 
-
-def test_the_production_default_hash_cost_is_scrypt_2_pow_14(db):
-    with TenantStore(db) as store:
-        _, key = store.add_tenant("acme", ["digits"])
-        assert store.verify_key(key).name == "acme"
-
+def _stored_hash(db: Path) -> str:
     with sqlite3.connect(db) as conn:
         (stored,) = conn.execute("SELECT key_hash FROM api_keys").fetchone()
     conn.close()
-    assert stored.startswith("scrypt$16384$8$1$")
+    return str(stored)
+
+
+def test_a_key_stored_as_scrypt_still_verifies_and_is_rehashed_to_sha256(db):
+    with TenantStore(db) as store:
+        tenant, key = store.add_tenant("acme", ["digits"])
+    _store_legacy_row(db, key)
+    assert _stored_hash(db).startswith(f"scrypt${FAST}$8$1$")
+
+    with TenantStore(db) as upgraded:
+        assert upgraded.verify_key(key) == tenant
+    assert _stored_hash(db).startswith("sha256$")
+    with TenantStore(db) as again:
+        assert again.verify_key(key) == tenant
+        assert not again.needs_slow_check(key)
+
+
+def test_a_wrong_secret_for_a_scrypt_row_is_refused_and_leaves_the_row_alone(db):
+    with TenantStore(db) as store:
+        _, key = store.add_tenant("acme", ["digits"])
+    _store_legacy_row(db, key)
+    wrong = ApiKey(ApiKey.parse(key).key_id, ApiKey.generate().secret).plaintext
+
+    with TenantStore(db) as store, pytest.raises(Unauthenticated, match="unknown API key"):
+        assert store.needs_slow_check(wrong)
+        store.verify_key(wrong)
+    assert _stored_hash(db).startswith("scrypt$")
+
+
+def test_a_flood_of_checks_against_a_scrypt_row_is_paced_not_hashed(db):
+    clock = FakeClock()
+    with TenantStore(db, legacy_gate=LegacyGate(per_s=10, clock=clock)) as store:
+        _, key = store.add_tenant("acme", ["digits"])
+        _store_legacy_row(db, key)
+        wrong = ApiKey(ApiKey.parse(key).key_id, ApiKey.generate().secret).plaintext
+        with pytest.raises(Unauthenticated):
+            store.verify_key(wrong)  # the first check in this tenth of a second runs
+        for _ in range(100):
+            with pytest.raises(RateLimited, match="retry"):
+                store.verify_key(wrong)
+        assert store.legacy_gate.refused == 100
+        clock.now += 0.1  # the owner's next try gets through and upgrades the row
+        assert store.verify_key(key).name == "acme"
+        assert not store.needs_slow_check(key)
+
+
+def test_new_keys_are_stored_as_sha256_not_a_password_hash(db):
+    with TenantStore(db) as store:
+        _, key = store.add_tenant("acme", ["digits"])
+        assert store.verify_key(key).name == "acme"
+    assert _stored_hash(db).startswith("sha256$")
 
 
 def test_the_schema_version_is_recorded_and_the_file_is_in_wal_mode(db):
-    with TenantStore(db, scrypt_n=FAST) as store:
+    with TenantStore(db) as store:
         assert store.schema_version == SCHEMA_VERSION
 
     with sqlite3.connect(db) as conn:
@@ -256,8 +319,8 @@ def test_the_schema_version_is_recorded_and_the_file_is_in_wal_mode(db):
 
 
 def test_reopening_does_not_reapply_migrations(db):
-    TenantStore(db, scrypt_n=FAST).close()
-    TenantStore(db, scrypt_n=FAST).close()
+    TenantStore(db).close()
+    TenantStore(db).close()
 
     with sqlite3.connect(db) as conn:
         (count,) = conn.execute("SELECT COUNT(*) FROM schema_version").fetchone()
@@ -266,17 +329,17 @@ def test_reopening_does_not_reapply_migrations(db):
 
 
 def test_a_file_from_a_newer_edgeserve_is_refused(db):
-    TenantStore(db, scrypt_n=FAST).close()
+    TenantStore(db).close()
     with sqlite3.connect(db) as conn:
         conn.execute("INSERT INTO schema_version VALUES (?, 0)", (SCHEMA_VERSION + 1,))
     conn.close()
 
     with pytest.raises(InternalError, match="upgrade edgeserve"):
-        TenantStore(db, scrypt_n=FAST)
+        TenantStore(db)
 
 
 def test_a_second_connection_sees_the_writers_changes(db):
-    with TenantStore(db, scrypt_n=FAST) as writer, TenantStore(db, scrypt_n=FAST) as reader:
+    with TenantStore(db) as writer, TenantStore(db) as reader:
         _, key = writer.add_tenant("acme", ["digits"])
         assert reader.verify_key(key).name == "acme"
         writer.rotate_key("acme")
