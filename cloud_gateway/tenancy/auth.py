@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 from cloud_gateway.tenancy.keys import ApiKey
 from cloud_gateway.tenancy.models import Principal
-from cloud_gateway.tenancy.store import TenantStore
+from cloud_gateway.tenancy.store import SlowCheckNeeded, TenantStore
 from edgeserve.wire.errors import PermissionDenied, Unauthenticated, shown
 
 MISSING_KEY = "missing credentials: send 'Authorization: Bearer <API key>' or 'x-api-key'"
@@ -58,26 +58,27 @@ class Authenticator:
         A key row from before the SHA-256 upgrade blocks for the slow legacy hash; from an
         event loop use ``from_api_key_async``.
         """
+        return self._verify(_key_from_header(header_value), slow_ok=True)
+
+    async def from_api_key_async(self, header_value: str | None) -> Principal:
+        """``from_api_key`` inline (a dict hit, or one query and one SHA-256), except a
+        legacy (scrypt) row's check, which goes to a thread."""
         key = _key_from_header(header_value)
+        try:
+            return self._verify(key, slow_ok=False)
+        except SlowCheckNeeded:
+            return await asyncio.to_thread(self._verify, key, slow_ok=True)
+
+    def _verify(self, key: str, *, slow_ok: bool) -> Principal:
         digest = hashlib.sha256(key.encode()).digest()
         cached = self._cached(digest)
         if cached is not None:
             return cached
         generation = self._generation
-        principal = Principal.for_key(self._store.verify_key(key), ApiKey.parse(key).key_id)
+        tenant = self._store.verify_key(key, slow_ok=slow_ok)
+        principal = Principal.for_key(tenant, ApiKey.parse(key).key_id)
         self._remember(digest, principal, generation)
         return principal
-
-    async def from_api_key_async(self, header_value: str | None) -> Principal:
-        """``from_api_key`` that runs inline, except a legacy (scrypt) row's check, which
-        goes to a thread."""
-        key = _key_from_header(header_value)
-        cached = self._cached(hashlib.sha256(key.encode()).digest())
-        if cached is not None:
-            return cached
-        if self._store.needs_slow_check(key):
-            return await asyncio.to_thread(self.from_api_key, key)
-        return self.from_api_key(key)
 
     def from_device_certificate(self, common_name: str | None) -> Principal:
         """The principal of a verified client certificate's CN (its device id)."""

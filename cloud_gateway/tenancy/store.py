@@ -59,6 +59,10 @@ class TenantExists(InvalidInput):
     pass
 
 
+class SlowCheckNeeded(Exception):
+    """The key's row predates the SHA-256 upgrade: checking it runs the slow legacy hash."""
+
+
 @dataclass(frozen=True, slots=True)
 class KeyInfo:
     """An API key's public facts: never its secret, never its hash."""
@@ -201,13 +205,15 @@ class TenantStore:
         )
         return [KeyInfo(*row) for row in rows]
 
-    def verify_key(self, plaintext: str) -> Tenant:
+    def verify_key(self, plaintext: str, *, slow_ok: bool = True) -> Tenant:
         """The key's tenant, or ``Unauthenticated`` saying malformed, unknown or revoked.
 
         A wrong secret reads as an unknown key, and no message names a tenant. Revocation
         is reported only to a caller who holds the real (old) key. A row from before the
         SHA-256 upgrade is checked through the legacy gate (slow, paced) and, when the
-        key matches, re-hashed so that the next check is fast.
+        key matches, re-hashed so that the next check is fast; with ``slow_ok=False``
+        such a row raises ``SlowCheckNeeded`` instead, for a caller on an event loop to
+        retry in a thread.
         """
         key = ApiKey.parse(plaintext)
         rows = self._rows(
@@ -219,6 +225,8 @@ class TenantStore:
             raise Unauthenticated(UNKNOWN_KEY)
         stored, revoked_at = rows[0][0], rows[0][1]
         if is_legacy(stored):
+            if not slow_ok:
+                raise SlowCheckNeeded(key.key_id)
             if not self.legacy_gate.check(key, stored):
                 raise Unauthenticated(UNKNOWN_KEY)
             self._upgrade_hash(key, stored)
@@ -227,16 +235,6 @@ class TenantStore:
         if revoked_at is not None:
             raise Unauthenticated(REVOKED_KEY)
         return _tenant_from_row(rows[0][2:])
-
-    def needs_slow_check(self, plaintext: str) -> bool:
-        """Whether verifying this key will run the slow legacy hash (so a caller on an
-        event loop should verify it in a thread)."""
-        try:
-            key = ApiKey.parse(plaintext)
-        except Unauthenticated:
-            return False
-        rows = self._rows("SELECT key_hash FROM api_keys WHERE key_id = ?", key.key_id)
-        return bool(rows) and is_legacy(rows[0][0])
 
     def _upgrade_hash(self, key: ApiKey, legacy: str) -> None:
         with self._transaction() as conn:

@@ -99,6 +99,7 @@ class Gateway:
     process: ServiceProcess
     keys: dict[str, str]
     log: Path
+    state_dir: Path
 
     def address(self, target: str) -> str:
         return f"127.0.0.1:{self.process.ports['grpc' if target == 'grpc' else 'http']}"
@@ -178,7 +179,7 @@ def running_gateway(workdir: Path, tag: str, **env: str) -> Iterator[Gateway]:
     )
     process.start()
     try:
-        yield Gateway(process, keys, log)
+        yield Gateway(process, keys, log, state)
     finally:
         process.stop()
 

@@ -15,6 +15,7 @@ from cloud_gateway.tenancy import (
     TenantStore,
 )
 from cloud_gateway.tenancy.keys import legacy_scrypt_hash
+from cloud_gateway.tenancy.store import SlowCheckNeeded
 from edgeserve.wire.errors import (
     ErrorCode,
     InternalError,
@@ -267,7 +268,7 @@ def test_a_key_stored_as_scrypt_still_verifies_and_is_rehashed_to_sha256(db):
     assert _stored_hash(db).startswith("sha256$")
     with TenantStore(db) as again:
         assert again.verify_key(key) == tenant
-        assert not again.needs_slow_check(key)
+        assert again.verify_key(key, slow_ok=False) == tenant  # no slow check any more
 
 
 def test_a_wrong_secret_for_a_scrypt_row_is_refused_and_leaves_the_row_alone(db):
@@ -276,9 +277,11 @@ def test_a_wrong_secret_for_a_scrypt_row_is_refused_and_leaves_the_row_alone(db)
     _store_legacy_row(db, key)
     wrong = ApiKey(ApiKey.parse(key).key_id, ApiKey.generate().secret).plaintext
 
-    with TenantStore(db) as store, pytest.raises(Unauthenticated, match="unknown API key"):
-        assert store.needs_slow_check(wrong)
-        store.verify_key(wrong)
+    with TenantStore(db) as store:
+        with pytest.raises(SlowCheckNeeded):  # an event loop must not run scrypt inline
+            store.verify_key(wrong, slow_ok=False)
+        with pytest.raises(Unauthenticated, match="unknown API key"):
+            store.verify_key(wrong)
     assert _stored_hash(db).startswith("scrypt$")
 
 
@@ -296,7 +299,7 @@ def test_a_flood_of_checks_against_a_scrypt_row_is_paced_not_hashed(db):
         assert store.legacy_gate.refused == 100
         clock.now += 0.1  # the owner's next try gets through and upgrades the row
         assert store.verify_key(key).name == "acme"
-        assert not store.needs_slow_check(key)
+        assert store.verify_key(key, slow_ok=False).name == "acme"
 
 
 def test_new_keys_are_stored_as_sha256_not_a_password_hash(db):
