@@ -349,6 +349,12 @@ def _read_fault_figures(path: Path) -> list[Figure]:
         return []
 
 
+def _run_peers(out: Path, quick: bool) -> Outcome:
+    from edgeserve.bench.suite_peers import run_peers  # it imports this module's types
+
+    return run_peers(out, quick)
+
+
 BENCHMARKS: dict[str, Benchmark] = {
     b.name: b
     for b in (
@@ -363,6 +369,12 @@ BENCHMARKS: dict[str, Benchmark] = {
             "Cloud gateway: batching, noisy neighbour, overhead, eviction",
             "edgeserve bench gateway",
             run_gateway,
+        ),
+        Benchmark(
+            "peers",
+            "Cloud gateway vs naive FastAPI and NVIDIA PyTriton (wrk, h2load)",
+            "edgeserve bench peers",
+            lambda out, quick: _run_peers(out, quick),
         ),
         Benchmark(
             "delta",

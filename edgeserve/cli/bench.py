@@ -38,6 +38,23 @@ def bench_gateway(
     run_gateway_benchmark(out, duration, quick)
 
 
+@bench_app.command("peers")
+def bench_peers(
+    out: OutOption = Path("docs/bench/peers"),
+    duration: Annotated[int, typer.Option(min=1, help="seconds per measurement cell")] = 5,
+    rounds: Annotated[int, typer.Option(min=1, help="interleaved rounds; medians reported")] = 3,
+    quick: Annotated[bool, typer.Option(help="1 round of 2 s, concurrency 1 and 64 only")] = False,
+) -> None:
+    """The gateway vs naive FastAPI and NVIDIA PyTriton, loaded by wrk and h2load."""
+    from edgeserve.bench.peers import ToolMissing, run_peers_benchmark
+
+    try:
+        run_peers_benchmark(out, duration, rounds, quick)
+    except ToolMissing as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from exc
+
+
 @bench_app.command("delta")
 def bench_delta(
     out: OutOption = Path("docs/bench/delta"),
