@@ -30,7 +30,6 @@ from edgeserve.wire import oip_rest
 from edgeserve.wire.errors import (
     EdgeServeError,
     InternalError,
-    InvalidInput,
     MethodNotAllowed,
     RateLimited,
     RouteNotFound,
@@ -111,7 +110,7 @@ class GatewayHttp:
         admission = await self.core.admit(principal, name)
         try:
             body = await _read_body(receive, headers, self.max_body_bytes)
-            request = oip_rest.decode_request(body, _header_length(headers), name, version)
+            request = oip_rest.decode_request(body, oip_rest.header_length(headers), name, version)
             response = await self.core.run(admission, request)
         finally:
             self.core.release(admission)
@@ -150,18 +149,6 @@ def _infer_target(path: str) -> tuple[str, str | None]:
     if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
         return parts[0], parts[2]
     raise RouteNotFound(f"no such path {shown(path, 200)!r}")
-
-
-def _header_length(headers: dict[bytes, bytes]) -> int | None:
-    raw = headers.get(oip_rest.HEADER_LENGTH.lower().encode())
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidInput(
-            f"Inference-Header-Content-Length {raw[:32]!r} is not an integer"
-        ) from None
 
 
 async def _read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:

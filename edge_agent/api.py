@@ -179,7 +179,7 @@ class AgentApp:
     async def _infer(self, request: HttpRequest, name: str) -> Reply:
         self.core.model(name, request.version)  # 404 before reading a body we would discard
         body = await _read_body(request, self.core.config.max_body_bytes)
-        header_length = _header_length(request)
+        header_length = oip_rest.header_length(request.headers)
         infer_request = oip_rest.decode_request(body, header_length, name, request.version)
         response = await self.router.infer(infer_request)
         self.core.metrics.requests.labels(name, "ok").inc()
@@ -199,18 +199,6 @@ def _expect(request: HttpRequest, method: str) -> None:
         raise MethodNotAllowed(
             f"{shown(request.path)} accepts {method}, not {shown(request.method)}"
         )
-
-
-def _header_length(request: HttpRequest) -> int | None:
-    raw = request.headers.get(oip_rest.HEADER_LENGTH.encode())
-    if raw is None:
-        return None
-    try:
-        return int(raw)
-    except ValueError:
-        raise InvalidInput(
-            f"Inference-Header-Content-Length {shown(raw)} is not an integer"
-        ) from None
 
 
 async def _read_body(request: HttpRequest, limit: int) -> bytes:

@@ -30,7 +30,8 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from cloud_gateway.scheduler.token_bucket import RateLimit, TokenBucket
-from edgeserve.wire.errors import RateLimited
+from edgeserve.logs import LogThrottle
+from edgeserve.wire.errors import RateLimited, shown
 
 log = logging.getLogger(__name__)
 
@@ -121,8 +122,7 @@ class SharedRateLimiter:
         self._leases: dict[str, _Lease] = {}
         self._pending: dict[str, asyncio.Future[float]] = {}
         self._fallback: dict[str, tuple[RateLimit, TokenBucket]] = {}
-        self._log_interval_s = log_interval_s
-        self._logged_at = -math.inf
+        self._warnings = LogThrottle(log, log_interval_s, clock)
         self._on_fallback = on_fallback
         self.fallbacks = 0
         self.redis_calls = 0
@@ -181,10 +181,9 @@ class SharedRateLimiter:
         if self._on_fallback is not None:
             self._on_fallback()
         now = self._clock()
-        if now - self._logged_at >= self._log_interval_s:
-            self._logged_at = now
-            log.warning("rate-limit store unreachable; limiting per process", extra={
-                "error": f"{type(error).__name__}: {error}"[:300]})  # fmt: skip
+        reason = shown(f"{type(error).__name__}: {error}", 300)
+        message = "rate-limit store unreachable; limiting per process"
+        self._warnings.log(logging.WARNING, "store", message, {"error": reason})
         known = self._fallback.get(tenant)
         if known is None or known[0] != limit:
             known = (limit, TokenBucket(limit.rate_per_s, limit.burst, self._clock))

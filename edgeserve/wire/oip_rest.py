@@ -8,6 +8,7 @@ are each element as a 4-byte little-endian length followed by its bytes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -28,6 +29,19 @@ from edgeserve.wire.tensors import (
 )
 
 HEADER_LENGTH = "inference-header-content-length"
+
+
+def header_length(headers: Mapping[bytes, bytes]) -> int | None:
+    """The binary extension's JSON header length from ASGI (lowercase, bytes) headers."""
+    raw = headers.get(HEADER_LENGTH.encode())
+    if raw is None:
+        return None
+    try:
+        return int(raw)
+    except ValueError:
+        raise InvalidInput(
+            f"Inference-Header-Content-Length {shown(raw)} is not an integer"
+        ) from None
 
 
 def decode_request(
