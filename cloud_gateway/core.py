@@ -152,12 +152,16 @@ class GatewayCore:
         finally:
             self.release(admission)
 
-    async def admit(self, principal: Principal, model: str) -> Admission:
+    async def admit(
+        self, principal: Principal, model: str, started: float | None = None
+    ) -> Admission:
         """Every refusal that needs no body: 403, 404, then 429 (rate, in-flight cap).
 
         An admitted request holds an in-flight slot: the caller must ``release`` it.
+        ``started`` (``perf_counter``) is when the front door began, so that the
+        ``gateway_ms`` it reports includes authentication.
         """
-        started = time.perf_counter()
+        started = time.perf_counter() if started is None else started
         self.authorize(principal, model)
         self.repository.entry(model)
         await self._admit(principal)

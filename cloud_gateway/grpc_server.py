@@ -128,9 +128,10 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(
         self, request: pb.ModelInferRequest, context: grpc.aio.ServicerContext
     ) -> pb.ModelInferResponse:
+        started = time.perf_counter()
         principal = await self._principal(context)
         # Refusals that need no tensors (403, 404, 429) before any tensor is decoded.
-        admission = await self.core.admit(principal, request.model_name)
+        admission = await self.core.admit(principal, request.model_name, started)
         try:
             infer_request = oip_grpc.request_from_proto(request)
             remaining = context.time_remaining()

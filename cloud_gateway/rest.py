@@ -100,6 +100,7 @@ class GatewayHttp:
     async def _answer(
         self, scope: Scope, headers: dict[bytes, bytes], receive: Receive
     ) -> tuple[int, bytes, bytes, Headers]:
+        started = time.perf_counter()
         name, version = _infer_target(scope["path"])
         if scope["method"] != "POST":
             raise MethodNotAllowed(f"infer accepts POST, not {shown(scope['method'], 16)}")
@@ -107,7 +108,7 @@ class GatewayHttp:
         principal = await self.core.authenticate(
             Credentials(api_key=key.decode("latin-1") if key is not None else None)
         )
-        admission = await self.core.admit(principal, name)
+        admission = await self.core.admit(principal, name, started)
         try:
             body = await _read_body(receive, headers, self.max_body_bytes)
             request = oip_rest.decode_request(body, oip_rest.header_length(headers), name, version)

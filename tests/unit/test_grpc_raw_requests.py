@@ -29,7 +29,7 @@ class _Core:
     async def authenticate(self, credentials: object) -> None:
         return None
 
-    async def admit(self, principal: object, model: str) -> None:
+    async def admit(self, principal: object, model: str, started: float) -> None:
         raise ModelNotFound(f"unknown model '{model}'")
 
 
