@@ -26,6 +26,19 @@ def bench_edge(
     run_edge_benchmark(requests, out, mobilenet)
 
 
+@bench_app.command("grpc-doors")
+def bench_grpc_doors(
+    out: OutOption = Path("docs/bench/grpc-doors"),
+    seconds: Annotated[int, typer.Option(help="seconds per run")] = 3,
+    rounds: Annotated[int, typer.Option(help="interleaved rounds; medians reported")] = 3,
+) -> None:
+    """The gateway's gRPC door: grpc.aio vs grpcio's sync server (with and without the hop
+    into the event loop the gateway would need), ModelInfer under h2load."""
+    from edgeserve.bench.grpc_doors import run_grpc_doors_benchmark
+
+    run_grpc_doors_benchmark(out, seconds, rounds)
+
+
 @bench_app.command("gateway")
 def bench_gateway(
     out: OutOption = Path("docs/bench/gateway"),
