@@ -120,6 +120,7 @@ class SharedRateLimiter:
         self._lease_s = lease_s
         self._clock = clock
         self._leases: dict[str, _Lease] = {}
+        self._empty_until: dict[str, float] = {}
         self._pending: dict[str, asyncio.Future[float]] = {}
         self._fallback: dict[str, tuple[RateLimit, TokenBucket]] = {}
         self._warnings = LogThrottle(log, log_interval_s, clock)
@@ -130,14 +131,19 @@ class SharedRateLimiter:
     async def acquire(self, tenant: str, limit: RateLimit) -> None:
         """Spend one of the tenant's tokens or raise ``RateLimited`` with Retry-After."""
         while True:
+            now = self._clock()
             lease = self._leases.get(tenant)
-            if lease is not None and lease.tokens > 0 and lease.expires_at > self._clock():
+            if lease is not None and lease.tokens > 0 and lease.expires_at > now:
                 lease.tokens -= 1
                 return
-            wait = await self._refill(tenant, limit)
+            # The store said the bucket is empty until then: a flood is refused here, at
+            # no cost to the store, instead of one round trip per refused request.
+            empty_until = self._empty_until.get(tenant, 0.0)
+            wait = empty_until - now if empty_until > now else await self._refill(tenant, limit)
             if wait > 0:
+                self._empty_until[tenant] = max(empty_until, now + wait)
                 raise RateLimited(
-                    f"tenant {tenant[:128]!r} is over its request rate (all processes); "
+                    f"tenant {shown(tenant)!r} is over its request rate (all processes); "
                     f"retry in {wait:.3f}s",
                     retry_after_s=wait,
                 )

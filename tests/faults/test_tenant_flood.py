@@ -6,7 +6,9 @@ the flood, in the same run and against the same gateway process. B's p99 ratio (
 alone) is recorded. The bound asserted is generous: fair queueing keeps B out of A's
 queue, but refusing A's excess still costs CPU on the same two cores, and the benchmark
 (``edgeserve bench gateway``) has measured ratios from 1.85x to far worse on a busy box.
-What must hold whatever the load: B loses no request and A gets throttled.
+What must hold whatever the load: B loses no request and A gets throttled, to its own
+rate: with one gateway process, and with two worker processes on one port, whose
+supervisor holds the token buckets (A's rate must not double with the workers).
 """
 
 from __future__ import annotations
@@ -33,11 +35,17 @@ WINDOW_S = 3.0
 P99_RATIO_BOUND = 40.0
 
 
+@pytest.fixture(scope="module", params=[1, 2], ids=["one-process", "two-workers"])
+def workers(request: pytest.FixtureRequest) -> int:
+    return int(request.param)
+
+
 @pytest.fixture(scope="module")
-def gateway(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
+def gateway(workers: int, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Gateway]:
     workdir = tmp_path_factory.mktemp("tenant-flood")
     build_repository(workdir / "models")
-    with running_gateway(workdir, "flood", preload='["digits-cloud"]') as running:
+    settings = {"preload": '["digits-cloud"]', "workers": str(workers)}
+    with running_gateway(workdir, "flood", **settings) as running:
         yield running
 
 
@@ -56,8 +64,9 @@ def throttled(gateway: Gateway) -> float:
 
 
 def test_a_flooding_tenant_leaves_the_other_every_answer_and_a_bounded_p99(
-    gateway: Gateway, tmp_path: Path, figures: Figures
+    gateway: Gateway, workers: int, tmp_path: Path, figures: Figures
 ) -> None:
+    suffix = "" if workers == 1 else f"_{workers}_workers"
     tenant_b(gateway, tmp_path / "warm.json", seconds=1.0)  # connections, model and caches warm
     alone = tenant_b(gateway, tmp_path / "alone.json")
     options = {"rate": 10 * A_LIMIT, "concurrency": 64, "connections": 8, "duration": WINDOW_S + 3}
@@ -80,13 +89,16 @@ def test_a_flooding_tenant_leaves_the_other_every_answer_and_a_bounded_p99(
     a = json.loads((tmp_path / "a.json").read_text())
     ratio = shared["latency_ms"]["p99"] / alone["latency_ms"]["p99"]
     figures.put(
-        "other_tenant_p99_ratio",
+        f"other_tenant_p99_ratio{suffix}",
         round(ratio, 2),
         "x alone",
-        f"<= {P99_RATIO_BOUND:.0f} asserted (design goal 1.5)",
+        f"<= {P99_RATIO_BOUND:.0f} asserted (design goal 1.2)",
     )
-    figures.put("other_tenant_p99_alone_ms", alone["latency_ms"]["p99"], "ms", "measured")
-    figures.put("other_tenant_p99_flood_ms", shared["latency_ms"]["p99"], "ms", "measured")
+    figures.put(f"other_tenant_p99_alone_ms{suffix}", alone["latency_ms"]["p99"], "ms", "measured")
+    figures.put(f"other_tenant_p99_flood_ms{suffix}", shared["latency_ms"]["p99"], "ms", "measured")
     assert shared["outcomes"] == {"ok": shared["requests"]}, shared["outcomes"]
     assert a["outcomes"].get("ok", 0) < a["requests"]  # A was held to its limit
+    # ...to its own rate, however many processes serve it: burst + rate x time, at most.
+    a_window_s = a["requests"] / a["offered_per_s"]
+    assert a["outcomes"].get("ok", 0) <= A_LIMIT + A_LIMIT * (a_window_s + 1.0)
     assert ratio <= P99_RATIO_BOUND

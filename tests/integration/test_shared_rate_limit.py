@@ -107,3 +107,25 @@ def test_two_gateway_processes_on_one_store_share_a_tenants_rate(start_gateway, 
     assert set(statuses) <= {200, 429}
     assert admitted <= 20 + 20 * elapsed + 1, (admitted, elapsed)
     assert statuses.count(429) > 0
+
+
+def test_a_refused_flood_is_answered_locally_until_the_bucket_refills(redis_url):
+    slow = RateLimit(rate_per_s=2.0, burst=1.0)
+
+    async def scenario() -> tuple[int, int]:
+        replica = SharedRateLimiter(redis_url)
+        refused = 0
+        try:
+            await replica.acquire("acme", slow)
+            for _ in range(500):
+                try:
+                    await replica.acquire("acme", slow)
+                except RateLimited:
+                    refused += 1
+            return refused, replica.redis_calls
+        finally:
+            await replica.close()
+
+    refused, calls = asyncio.run(scenario())
+    assert refused == 500
+    assert calls <= 3  # the first lease, the refill that found it empty, maybe one more
