@@ -165,22 +165,11 @@ def plot_peers(cells: list[dict[str, Any]], path: Path, concurrency: Sequence[in
                     continue
                 xs = [x[c["concurrency"]] for c in mine]
                 label = f"{name} {protocol}"
-                axes[0][column].plot(
-                    xs,
-                    [c["ok_per_s"] for c in mine],
-                    style,
-                    marker="o",
-                    color=colours[name],
-                    label=label,
-                )
-                axes[1][column].plot(
-                    xs,
-                    [c["p99_ms"] for c in mine],
-                    style,
-                    marker="o",
-                    color=colours[name],
-                    label=label,
-                )
+                for row, key in enumerate(("ok_per_s", "p99_ms")):
+                    ys = [c[key] for c in mine]
+                    axes[row][column].plot(
+                        xs, ys, style, marker="o", color=colours[name], label=label
+                    )
         for row, label in enumerate(("ok requests/s", "p99 latency, ms (log)")):
             axis = axes[row][column]
             axis.set_xticks(list(x.values()), [str(c) for c in x])
