@@ -142,16 +142,6 @@ class GatewayCore:
 
     # -- inference -----------------------------------------------------------------------
 
-    async def infer(
-        self, principal: Principal, request: InferRequest, deadline: float | None = None
-    ) -> InferResponse:
-        """Admit, run and release: one request through the whole path."""
-        admission = await self.admit(principal, request.model_name)
-        try:
-            return await self.run(admission, request, deadline)
-        finally:
-            self.release(admission)
-
     async def admit(
         self, principal: Principal, model: str, started: float | None = None
     ) -> Admission:
@@ -164,7 +154,7 @@ class GatewayCore:
         started = time.perf_counter() if started is None else started
         self.authorize(principal, model)
         self.repository.entry(model)
-        await self._admit(principal)
+        await self._take_allowance(principal)
         return Admission(principal, model, started)
 
     def release(self, admission: Admission) -> None:
@@ -202,7 +192,7 @@ class GatewayCore:
         self.metrics.requests.labels(config.name, loaded.version, principal.tenant, "ok").inc()
         return response
 
-    async def _admit(self, principal: Principal) -> None:
+    async def _take_allowance(self, principal: Principal) -> None:
         # Limits change when an operator edits a tenant; set_limit ignores an unchanged one.
         limit = RateLimit(principal.rate_per_s, principal.burst, principal.max_in_flight)
         self.limiter.set_limit(principal.tenant, limit)

@@ -35,7 +35,7 @@ from edgeserve.wire.errors import (
     RouteNotFound,
     shown,
 )
-from edgeserve.wire.http_body import asgi_body_chunks, read_limited_body
+from edgeserve.wire.http_body import read_asgi_body
 
 log = logging.getLogger(__name__)
 access_log = logging.getLogger("edgeserve.gateway.access")
@@ -110,7 +110,7 @@ class GatewayHttp:
         )
         admission = await self.core.admit(principal, name, started)
         try:
-            body = await _read_body(receive, headers, self.max_body_bytes)
+            body = await read_asgi_body(receive, headers, self.max_body_bytes)
             request = oip_rest.decode_request(body, oip_rest.header_length(headers), name, version)
             response = await self.core.run(admission, request)
         finally:
@@ -150,17 +150,6 @@ def _infer_target(path: str) -> tuple[str, str | None]:
     if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
         return parts[0], parts[2]
     raise RouteNotFound(f"no such path {shown(path, 200)!r}")
-
-
-async def _read_body(receive: Receive, headers: dict[bytes, bytes], limit: int) -> bytes:
-    length = headers.get(b"content-length")
-    encoding = headers.get(b"content-encoding")
-    return await read_limited_body(
-        asgi_body_chunks(receive),
-        length.decode("latin-1") if length is not None else None,
-        encoding.decode("latin-1") if encoding is not None else None,
-        limit,
-    )
 
 
 def _echo_id(scope: Scope) -> Headers:

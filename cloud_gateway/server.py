@@ -76,15 +76,15 @@ def build_core(config: GatewayConfig, executor: ThreadPoolExecutor) -> GatewayCo
 
 
 def prepare_state(config: GatewayConfig) -> None:
-    """The one-time setup of a state folder: the repository (seeded when empty), the
-    tenants database (created or migrated) and, for the device port, the dev PKI. Worker
-    processes share one folder, so their supervisor runs this before starting them."""
+    """The one-time setup of a state folder: the repository (seeded when empty) and, for
+    the device port without the operator's own files, the dev PKI. Worker processes share
+    one folder, so their supervisor runs this (and migrates the tenants database) before
+    starting them."""
     config.repository_path.mkdir(parents=True, exist_ok=True)
     if not any(config.repository_path.iterdir()):
         seed_repository(config.repository_path)
-    TenantStore(config.tenants_path).close()
-    if config.grpc_mtls_port is not None:
-        device_tls(config)
+    if config.grpc_mtls_port is not None and config.tls_cert is None:
+        ensure_dev_pki(config.pki_path, devices=[])
 
 
 def device_tls(config: GatewayConfig) -> tuple[bytes, bytes, bytes]:

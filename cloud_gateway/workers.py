@@ -56,8 +56,10 @@ class Supervisor:
 
     async def run(self) -> int:
         from cloud_gateway.server import prepare_state
+        from cloud_gateway.tenancy import TenantStore
 
         prepare_state(self.config)
+        TenantStore(self.config.tenants_path).close()  # created or migrated once, here
         self._prepare_run_dir()
         self._reserve_ports()
         if not self.config.rate_limit_store:

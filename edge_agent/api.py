@@ -28,7 +28,7 @@ from edgeserve.wire.errors import (
     ModelNotFound,
     shown,
 )
-from edgeserve.wire.http_body import asgi_body_chunks, read_limited_body
+from edgeserve.wire.http_body import read_asgi_body
 from edgeserve.wire.model_card import RouterPolicy
 
 log = logging.getLogger(__name__)
@@ -157,7 +157,7 @@ class AgentApp:
         assert request.model is not None
         model = self.core.model(request.model, request.version)
         if request.method == "PUT":
-            body = await _read_body(request, 64 << 10)
+            body = await read_asgi_body(request.receive, request.headers, 64 << 10)
             try:
                 override = RouterPolicy.model_validate_json(body)
             except ValueError as exc:
@@ -178,7 +178,9 @@ class AgentApp:
 
     async def _infer(self, request: HttpRequest, name: str) -> Reply:
         self.core.model(name, request.version)  # 404 before reading a body we would discard
-        body = await _read_body(request, self.core.config.max_body_bytes)
+        body = await read_asgi_body(
+            request.receive, request.headers, self.core.config.max_body_bytes
+        )
         header_length = oip_rest.header_length(request.headers)
         infer_request = oip_rest.decode_request(body, header_length, name, request.version)
         response = await self.router.infer(infer_request)
@@ -199,14 +201,3 @@ def _expect(request: HttpRequest, method: str) -> None:
         raise MethodNotAllowed(
             f"{shown(request.path)} accepts {method}, not {shown(request.method)}"
         )
-
-
-async def _read_body(request: HttpRequest, limit: int) -> bytes:
-    length = request.headers.get(b"content-length")
-    encoding = request.headers.get(b"content-encoding")
-    return await read_limited_body(
-        asgi_body_chunks(request.receive),
-        length.decode("latin-1") if length is not None else None,
-        encoding.decode("latin-1") if encoding is not None else None,
-        limit,
-    )

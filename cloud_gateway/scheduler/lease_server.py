@@ -16,12 +16,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-from cloud_gateway.scheduler.token_bucket import RateLimit, TokenBucket
+from cloud_gateway.scheduler.token_bucket import RateLimit, TenantLimiter
 from edgeserve.wire.errors import Unavailable
 
 MAX_LINE = 512
@@ -32,8 +31,7 @@ class LeaseServer:
 
     def __init__(self, path: Path, clock: Callable[[], float] = time.monotonic) -> None:
         self.path = path
-        self._clock = clock
-        self._buckets: dict[str, tuple[RateLimit, TokenBucket]] = {}
+        self._buckets = TenantLimiter({}, clock=clock)
         self._server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
@@ -49,16 +47,7 @@ class LeaseServer:
 
     def take(self, tenant: str, limit: RateLimit, want: int) -> tuple[int, float]:
         """Up to ``want`` whole tokens of the tenant's bucket: (granted, wait if none)."""
-        known = self._buckets.get(tenant)
-        if known is None or known[0] != limit:  # new tenant, or its limit was changed
-            known = (limit, TokenBucket(limit.rate_per_s, limit.burst, self._clock))
-            self._buckets[tenant] = known
-        bucket = known[1]
-        granted = min(want, math.floor(bucket.available + 1e-9))
-        if granted >= 1:
-            bucket.try_acquire(granted)
-            return granted, 0.0
-        return 0, bucket.try_acquire(1.0)
+        return self._buckets.lease(tenant, limit, want)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:

@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from cloud_gateway.scheduler.token_bucket import RateLimit, TokenBucket
+from cloud_gateway.scheduler.token_bucket import RateLimit, TenantLimiter
 from edgeserve.logs import LogThrottle
 from edgeserve.wire.errors import RateLimited, shown
 
@@ -122,11 +122,11 @@ class SharedRateLimiter:
         self._leases: dict[str, _Lease] = {}
         self._empty_until: dict[str, float] = {}
         self._pending: dict[str, asyncio.Future[float]] = {}
-        self._fallback: dict[str, tuple[RateLimit, TokenBucket]] = {}
+        self._fallback = TenantLimiter({}, clock=clock)  # this process's own buckets
         self._warnings = LogThrottle(log, log_interval_s, clock)
         self._on_fallback = on_fallback
         self.fallbacks = 0
-        self.redis_calls = 0
+        self.store_calls = 0
 
     async def acquire(self, tenant: str, limit: RateLimit) -> None:
         """Spend one of the tenant's tokens or raise ``RateLimited`` with Retry-After."""
@@ -172,7 +172,7 @@ class SharedRateLimiter:
 
     async def _lease(self, tenant: str, limit: RateLimit) -> float:
         size = max(1, min(int(limit.burst), math.ceil(limit.rate_per_s * self._lease_s)))
-        self.redis_calls += 1
+        self.store_calls += 1
         try:
             granted, wait = await self._store.take(tenant, limit, size)
         except Exception as exc:  # any store failure: this process's own bucket instead
@@ -190,12 +190,7 @@ class SharedRateLimiter:
         reason = shown(f"{type(error).__name__}: {error}", 300)
         message = "rate-limit store unreachable; limiting per process"
         self._warnings.log(logging.WARNING, "store", message, {"error": reason})
-        known = self._fallback.get(tenant)
-        if known is None or known[0] != limit:
-            known = (limit, TokenBucket(limit.rate_per_s, limit.burst, self._clock))
-            self._fallback[tenant] = known
-        wait = known[1].try_acquire()
-        if wait == 0.0:
-            # The token is spent here: hand it over as a one-token lease.
+        granted, wait = self._fallback.lease(tenant, limit, 1)
+        if granted:  # the token is spent here: hand it over as a one-token lease
             self._leases[tenant] = _Lease(1, now + self._lease_s)
         return wait

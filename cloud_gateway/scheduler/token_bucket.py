@@ -71,6 +71,16 @@ class TokenBucket:
             return 0.0
         return (tokens - self._tokens) / self._rate
 
+    def take_up_to(self, want: int) -> tuple[int, float]:
+        """As many whole tokens as are there, up to ``want``: (taken, 0.0), or (0, seconds
+        until one is) — how a shared bucket hands out leases."""
+        self._refill()
+        taken = min(want, math.floor(self._tokens + _EPSILON))
+        if taken >= 1:
+            self._tokens = max(0.0, self._tokens - taken)
+            return taken, 0.0
+        return 0, (1.0 - self._tokens) / self._rate
+
     def _refill(self) -> None:
         now = self._clock()
         # A clock that steps back (an injected one, say) must not drain the bucket.
@@ -115,6 +125,14 @@ class TenantLimiter:
                 f"tenant {tenant!r} is over its request rate; retry in {retry_after:.3f}s",
                 retry_after_s=retry_after,
             )
+
+    def lease(self, tenant: str, limit: RateLimit, want: int) -> tuple[int, float]:
+        """Up to ``want`` whole tokens of the tenant's bucket at ``limit`` (installed or
+        changed first): (taken, 0.0), or (0, seconds until one is)."""
+        self.set_limit(tenant, limit)
+        bucket = self._bucket(tenant)
+        assert bucket is not None  # the limit was just set
+        return bucket.take_up_to(want)
 
     def acquire_slot(self, tenant: str) -> None:
         """Count one more running request, or raise ``TooManyInFlight`` at the cap."""

@@ -11,7 +11,7 @@ rather than a failure of the server.
 from __future__ import annotations
 
 import zlib
-from collections.abc import AsyncIterator, Awaitable, Callable, MutableMapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, MutableMapping
 from typing import Any
 
 from edgeserve.wire.errors import ClientDisconnected, InvalidInput, PayloadTooLarge, shown
@@ -28,6 +28,18 @@ async def asgi_body_chunks(receive: Receive) -> AsyncIterator[bytes]:
         yield message.get("body", b"")
         if not message.get("more_body", False):
             return
+
+
+async def read_asgi_body(receive: Receive, headers: Mapping[bytes, bytes], limit: int) -> bytes:
+    """An ASGI request's (decoded) body under ``limit``, from its lowercase byte headers."""
+    length = headers.get(b"content-length")
+    encoding = headers.get(b"content-encoding")
+    return await read_limited_body(
+        asgi_body_chunks(receive),
+        length.decode("latin-1") if length is not None else None,
+        encoding.decode("latin-1") if encoding is not None else None,
+        limit,
+    )
 
 
 async def read_limited_body(

@@ -57,7 +57,7 @@ def test_admitted_requests_cost_one_redis_call_per_lease_not_per_request(redis_u
         try:
             for _ in range(1000):
                 await replica.acquire("acme", generous)
-            return 1000, replica.redis_calls
+            return 1000, replica.store_calls
         finally:
             await replica.close()
 
@@ -122,7 +122,7 @@ def test_a_refused_flood_is_answered_locally_until_the_bucket_refills(redis_url)
                     await replica.acquire("acme", slow)
                 except RateLimited:
                     refused += 1
-            return refused, replica.redis_calls
+            return refused, replica.store_calls
         finally:
             await replica.close()
 

@@ -163,3 +163,15 @@ def test_releasing_a_slot_never_acquired_is_an_error():
 def test_nonsensical_limits_are_rejected(rate, burst, max_in_flight):
     with pytest.raises(ValueError):
         RateLimit(rate_per_s=rate, burst=burst, max_in_flight=max_in_flight)
+
+
+def test_a_lease_takes_whole_tokens_up_to_the_ask_then_says_when_the_next_comes():
+    clock = FakeClock()
+    limiter = TenantLimiter({}, clock=clock)
+    limit = RateLimit(rate_per_s=10.0, burst=5.0)
+    assert limiter.lease("acme", limit, 3) == (3, 0.0)
+    assert limiter.lease("acme", limit, 3) == (2, 0.0)  # what is left, not more
+    taken, wait = limiter.lease("acme", limit, 3)
+    assert taken == 0 and wait == pytest.approx(0.1)
+    clock.now += 0.25
+    assert limiter.lease("acme", limit, 3) == (2, 0.0)  # 2.5 tokens: only whole ones go
