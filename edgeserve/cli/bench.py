@@ -68,6 +68,18 @@ def bench_peers(
         raise typer.Exit(1) from exc
 
 
+@bench_app.command("sequential")
+def bench_sequential(
+    out: OutOption = Path("docs/bench/sequential"),
+    experiments: Annotated[int, typer.Option(min=100, help="simulated experiments each")] = 1000,
+) -> None:
+    """The always-valid sequential test by simulation: A/A false stops, power for a
+    2-point drop, median requests against a fixed-horizon test of the same power."""
+    from edgeserve.bench.sequential import run_sequential_bench
+
+    run_sequential_bench(out, experiments)
+
+
 @bench_app.command("delta")
 def bench_delta(
     out: OutOption = Path("docs/bench/delta"),
