@@ -36,6 +36,30 @@ class ModelMetrics(BaseModel):
 
 
 ConfidenceScore = Literal["max_probability", "margin", "entropy"]
+# What a router may rank requests by: a softmax score, or the trust score (max-probability
+# combined with the k-NN share of the predicted class in the card's reference bank).
+RouterScore = Literal["max_probability", "margin", "entropy", "trust"]
+
+
+class ReferenceBank(BaseModel):
+    """Labelled examples in the model's feature space, for the router's trust score.
+
+    Part of the model package like the artifact: a file beside it, pinned by sha256 and
+    checked before the agent uses it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    file: str = Field(description="bank file name (npz of x float32 [n, d], y int64 [n])")
+    sha256: str
+    size_bytes: int = Field(ge=0)
+    rows: int = Field(gt=0)
+    features: int = Field(gt=0)
+    feature_space: Literal["input"] = Field(
+        "input", description="the model input (digits); a penultimate layer for larger models"
+    )
+    k: int = Field(3, ge=1, description="neighbours consulted")
+    max_per_class: int | None = Field(None, description="class-wise cap the bank was reduced to")
 
 
 class CalibrationReport(BaseModel):
@@ -53,14 +77,31 @@ class RouterPolicy(BaseModel):
     """When the edge answers alone and when it escalates, for one model.
 
     Every score is "higher = more confident" in [0, 1]: the top-class probability, the
-    top-1 minus top-2 margin, or 1 - entropy / log(classes). A request escalates when its
-    score is below ``threshold``.
+    top-1 minus top-2 margin, 1 - entropy / log(classes), or the trust score (see
+    ``wire.trust``). A request escalates when its score is below ``threshold``.
+
+    With ``rate_window`` > 0 and a rate or accuracy target, ``threshold`` is only where
+    the device starts: it then moves the threshold so its live escalation rate holds the
+    target (an accuracy target becomes the lowest calibration rate reaching it, read
+    from ``accuracy_curve``). ``manual`` pins the threshold.
     """
 
-    score: ConfidenceScore = "max_probability"
+    score: RouterScore = "max_probability"
     threshold: float = Field(ge=0, le=1)
     target_kind: Literal["escalation_rate", "accuracy", "manual"] = "manual"
     target_value: float | None = None
+    trust_weight: float = Field(
+        0.5, ge=0, le=1, description="trust score: weight of max-probability vs the k-NN share"
+    )
+    rate_window: int = Field(
+        0,
+        ge=0,
+        le=100_000,
+        description="hold the target rate over this many recent scores (0: fixed threshold)",
+    )
+    accuracy_curve: list[tuple[float, float]] | None = Field(
+        None, description="(escalation rate, accuracy) on the calibration split, rate ascending"
+    )
     escalation_model: str = Field("digits-cloud", description="model name at the gateway")
     expected_escalation_rate: float | None = Field(None, description="on the calibration split")
     expected_accuracy: float | None = Field(None, description="system accuracy, calibration")
@@ -90,6 +131,7 @@ class ModelCard(BaseModel):
     metrics: ModelMetrics | None = None
     calibration: CalibrationReport | None = None
     router: RouterPolicy | None = None
+    bank: ReferenceBank | None = None
     source: dict[str, object] = Field(default_factory=dict)
 
     @classmethod
