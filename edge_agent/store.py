@@ -74,8 +74,12 @@ class ModelStore:
 
         Nothing switches: the model keeps serving from its current slot until
         ``activate``. Raises IntegrityError when the bytes written do not match the card.
+        A reference bank the card names is copied from beside an artifact file, or, for
+        artifact bytes (an update), from the serving slot when its sha256 is the same;
+        without one the slot still serves, and the router scores without the bank.
         """
         check_card_names(card)
+        bank = self._bank_source(card, artifact)
         target = self._staging_slot(card.name)
         slot_dir = self.root / card.name / target
         shutil.rmtree(slot_dir, ignore_errors=True)
@@ -84,6 +88,8 @@ class ModelStore:
             _write_synced(slot_dir / card.file, artifact)
         else:
             _copy_synced(artifact, slot_dir / card.file)
+        if card.bank is not None and bank is not None and bank.is_file():
+            _copy_synced(bank, slot_dir / card.bank.file)
         _write_synced(slot_dir / CARD_NAME, card.model_dump_json(indent=2).encode())
         fsync_dir(slot_dir)
         fsync_dir(slot_dir.parent)
@@ -143,6 +149,21 @@ class ModelStore:
         self._write_state(name, {"active": previous, "previous": state.get("active")})
         return verified
 
+    def _bank_source(self, card: ModelCard, artifact: Path | bytes) -> Path | None:
+        """Where the bank the card names comes from (verified later, with the slot)."""
+        if card.bank is None:
+            return None
+        if isinstance(artifact, Path):
+            return artifact.parent / card.bank.file
+        if not self.has(card.name):
+            return None
+        try:
+            serving = self.load_verified(card.name)
+        except IntegrityError:
+            return None
+        same = serving.card.bank is not None and serving.card.bank.sha256 == card.bank.sha256
+        return serving.artifact.parent / card.bank.file if same else None
+
     def _staging_slot(self, name: str) -> str:
         """The slot a new version may overwrite: never the one serving now.
 
@@ -180,6 +201,14 @@ class ModelStore:
             raise IntegrityError(
                 f"{name}/{slot}: sha256 {digest[:12]}… does not match card {card.sha256[:12]}…"
             )
+        if card.bank is not None:
+            # A missing bank only costs the router its trust score (it falls back to the
+            # softmax); an altered one is refused like altered model bytes.
+            bank = slot_dir / card.bank.file
+            if bank.is_file() and file_sha256(bank) != card.bank.sha256:
+                raise IntegrityError(
+                    f"{name}/{slot}: bank {card.bank.file} does not match its card"
+                )
         return VerifiedModel(card, artifact, slot)
 
     def _read_state(self, name: str) -> dict[str, str | None]:
@@ -195,9 +224,14 @@ class ModelStore:
 
 def check_card_names(card: ModelCard) -> None:
     """Refuse a card whose model or file name could escape its folder on disk."""
-    for what, value in (("model name", card.name), ("artifact file", card.file)):
+    names = [("model name", card.name), ("artifact file", card.file)]
+    if card.bank is not None:
+        names.append(("bank file", card.bank.file))
+    for what, value in names:
         if not _SAFE_NAME.match(value) or value == CARD_NAME:
             raise InvalidInput(f"{what} {value!r} is not a safe file name")
+    if card.bank is not None and card.bank.file == card.file:
+        raise InvalidInput(f"bank file {card.bank.file!r} is the artifact's own name")
 
 
 def _write_synced(path: Path, data: bytes) -> None:
