@@ -4,16 +4,20 @@
 #   install-agent.sh install --device-id ID [--source DIR | --wheel FILE]
 #       [--prefix /opt/edgeserve] [--config-dir /etc/edgeserve] [--user edgeserve]
 #       [--bundle FILE] [--unit-dir /etc/systemd/system] [--python python3] [--no-start]
+#       [--extras edge,cpu,escalation,fleet]
 #   install-agent.sh enroll --bundle FILE [--prefix ...] [--config-dir ...] [--user ...]
 #   install-agent.sh uninstall [--purge] [--prefix ...] [--config-dir ...] [--user ...]
 #       [--unit-dir ...] [--state-dir /var/lib/edgeserve]
 #   install-agent.sh render-unit [--prefix ...] [--config-dir ...] [--user ...]
 #
 # install: a system user without login, the config folder (0750 root:USER), a venv at
-# PREFIX with edgeserve[edge], the device key and enrollment request (the key never
+# PREFIX with edgeserve[EXTRAS], the device key and enrollment request (the key never
 # leaves the device), with --bundle the operator's answer, the unit (PREFIX, USER and
 # CONFIG_DIR substituted), `systemd-analyze verify` on it, and `enable` + `restart`
 # when systemd runs as PID 1. Re-running upgrades in place and keeps the key.
+# EXTRAS: the agent with one ONNX Runtime (cpu), escalation (grpc) and fleet sync (paho);
+# on a Jetson leave out cpu and install NVIDIA's onnxruntime-gpu wheel into PREFIX; add
+# tflite for .tflite models.
 # enroll: the second half of a two-step enrollment (the operator's bundle arrived).
 # uninstall: stop and disable, remove the unit and the venv; --purge also removes the
 # config (keys included), the state and the user.
@@ -36,12 +40,13 @@ wheel=""
 bundle=""
 no_start=0
 purge=0
+extras=edge,cpu,escalation,fleet
 
 say() { printf 'install-agent: %s\n' "$*" >&2; }
 die() { say "error: $*"; exit 1; }
 
 usage() {
-    sed -n '2,9p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
+    sed -n '2,10p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2
     exit 2
 }
 
@@ -49,7 +54,7 @@ parse_options() {
     while [ $# -gt 0 ]; do
         case "$1" in
             --device-id | --source | --wheel | --prefix | --config-dir | --user | --bundle | \
-                --unit-dir | --state-dir | --python)
+                --unit-dir | --state-dir | --python | --extras)
                 [ $# -ge 2 ] || die "$1 needs a value"
                 set_option "$1" "$2"
                 shift 2
@@ -65,6 +70,7 @@ parse_options() {
     check_path --unit-dir "$unit_dir"
     check_path --state-dir "$state_dir"
     [[ "$user" =~ ^[a-z_][a-z0-9_-]{0,31}$ ]] || die "--user $user is not a valid user name"
+    check_extras
 }
 
 set_option() {
@@ -79,6 +85,7 @@ set_option() {
         --unit-dir) unit_dir=$2 ;;
         --state-dir) state_dir=$2 ;;
         --python) python=$2 ;;
+        --extras) extras=$2 ;;
     esac
 }
 
@@ -88,6 +95,17 @@ check_path() {
     case "${2%/}" in
         "" | /etc | /usr | /var | /var/lib | /opt | /home | /tmp) die "$1 $2 is a system folder" ;;
     esac
+}
+
+# cpu and gpu both install the `onnxruntime` module: one would overwrite the other.
+check_extras() {
+    [[ "$extras" =~ ^[a-z0-9-]+(,[a-z0-9-]+)*$ ]] || die "--extras $extras is not a list like edge,cpu"
+    local names runtimes=0 name
+    IFS=, read -ra names <<<"$extras"
+    for name in "${names[@]}"; do
+        [[ "$name" != cpu && "$name" != gpu ]] || runtimes=$((runtimes + 1))
+    done
+    [ "$runtimes" -le 1 ] || die "--extras $extras names both cpu and gpu (one onnxruntime per install)"
 }
 
 require_root() {
@@ -115,14 +133,17 @@ ensure_venv() {
     "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
         || die "$python is older than Python 3.11 (use --python)"
     [ -x "$prefix/bin/python" ] || "$python" -m venv "$prefix"
-    local package
+    local source
     if [ -n "$wheel" ]; then
-        package="$(cd "$(dirname "$wheel")" && pwd)/$(basename "$wheel")[edge]"
+        source="$(cd "$(dirname "$wheel")" && pwd)/$(basename "$wheel")"
     else
-        package="$(cd "${source_dir:-$script_dir/..}" && pwd)[edge]"
+        source="$(cd "${source_dir:-$script_dir/..}" && pwd)"
     fi
-    say "installing $package into $prefix"
-    "$prefix/bin/python" -m pip install --quiet --upgrade "$package"
+    say "installing ${source}[$extras] into $prefix"
+    "$prefix/bin/python" -m pip install --quiet --upgrade "${source}[$extras]"
+    # pip keeps an installed edgeserve of the same version, so a rebuilt wheel would not
+    # replace it on upgrade: reinstall edgeserve itself (its dependencies stay).
+    "$prefix/bin/python" -m pip install --quiet --force-reinstall --no-deps "$source"
 }
 
 edgeserve() { "$prefix/bin/edgeserve" "$@"; }

@@ -3,9 +3,10 @@
 #
 #   docker buildx build --platform linux/arm64 -f deploy/docker/agent.Dockerfile \
 #       -t edgeserve-agent:0.1.0 .
-#   # NVIDIA Jetson (JetPack 6, L4T r36):
+#   # NVIDIA Jetson (JetPack 6, L4T r36), with NVIDIA's onnxruntime-gpu wheel for it:
 #   docker buildx build --platform linux/arm64 -f deploy/docker/agent.Dockerfile \
-#       --build-arg VARIANT=jetson -t edgeserve-agent:0.1.0-jetson .
+#       --build-arg VARIANT=jetson --build-arg ORT_WHEEL=<onnxruntime_gpu-...whl URL> \
+#       -t edgeserve-agent:0.1.0-jetson .
 #
 # BuildKit sets TARGETPLATFORM from --platform (the build machine's own platform when it
 # is left out), so always name the platform; the arm64 default below only applies to a
@@ -47,10 +48,19 @@ ENV PATH=/opt/edgeserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     EDGESERVE_AGENT_HOST=0.0.0.0 \
     EDGESERVE_AGENT_STATE_DIR=/var/lib/edgeserve/agent
-# Only the 'edge' extra: no torch, no FastAPI, no TensorRT on the device.
+# The agent with escalation and fleet sync: no torch, no FastAPI, no TensorRT on the device.
+# One ONNX Runtime per image (both wheels write the same module): the CPU one from PyPI
+# (the 'cpu' extra), or, given ORT_WHEEL (a URL or path), the onnxruntime-gpu wheel NVIDIA
+# builds for the Jetson's JetPack and Python, instead of it.
+ARG ORT_WHEEL=""
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     python3 -m venv /opt/edgeserve \
-    && pip install --no-cache-dir "$(ls /wheels/edgeserve-*.whl)[edge]"
+    && wheel="$(ls /wheels/edgeserve-*.whl)" \
+    && if [ -n "$ORT_WHEEL" ]; then \
+         pip install --no-cache-dir "${wheel}[edge,escalation,fleet]" "$ORT_WHEEL"; \
+       else \
+         pip install --no-cache-dir "${wheel}[edge,cpu,escalation,fleet]"; \
+       fi
 RUN groupadd --system --gid 10001 edgeserve \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/edgeserve \
        --shell /usr/sbin/nologin edgeserve \

@@ -41,18 +41,15 @@ ENV PATH=/opt/edgeserve/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     EDGESERVE_GATEWAY_HOST=0.0.0.0 \
     EDGESERVE_GATEWAY_STATE_DIR=/var/lib/edgeserve/gateway
-# The 'gpu' extra adds onnxruntime-gpu beside the CPU onnxruntime of 'cloud'; both own
-# the `onnxruntime` module, so the CPU one is removed and the GPU one reinstalled on top.
+# One ONNX Runtime per image: the 'cpu' or the 'gpu' extra, never both (both wheels
+# write the same `onnxruntime` module).
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     python3 -m venv /opt/edgeserve \
     && wheel="$(ls /wheels/edgeserve-*.whl)" \
     && if [ "$VARIANT" = gpu ]; then \
-         pip install --no-cache-dir "${wheel}[cloud,gpu]" \
-         && version="$(pip show onnxruntime-gpu | sed -n 's/^Version: //p')" \
-         && pip uninstall -y onnxruntime \
-         && pip install --no-cache-dir --no-deps --force-reinstall "onnxruntime-gpu==${version}"; \
+         pip install --no-cache-dir "${wheel}[cloud,gpu]"; \
        else \
-         pip install --no-cache-dir "${wheel}[cloud]"; \
+         pip install --no-cache-dir "${wheel}[cloud,cpu]"; \
        fi
 # A fixed non-root uid/gid (the Helm chart's runAsUser) that owns the state folder.
 RUN groupadd --system --gid 10001 edgeserve \

@@ -26,7 +26,7 @@ ENV PATH=/opt/edgeserve/bin:$PATH \
     EDGESERVE_SYNC_STATE_DIR=/var/lib/edgeserve/sync
 RUN --mount=type=bind,from=wheel,source=/wheels,target=/wheels \
     python3 -m venv /opt/edgeserve \
-    && pip install --no-cache-dir "$(ls /wheels/edgeserve-*.whl)[sync]"
+    && pip install --no-cache-dir "$(ls /wheels/edgeserve-*.whl)[sync,cpu]"
 RUN groupadd --system --gid 10001 edgeserve \
     && useradd --system --uid 10001 --gid 10001 --home-dir /var/lib/edgeserve \
        --shell /usr/sbin/nologin edgeserve \

@@ -29,7 +29,13 @@ IMAGES = {
     "sync": ("sync", {8720}, "/v1/health"),
     "agent": ("agent", {8710}, "/v2/health/ready"),
 }
-EXTRAS = {"gateway": {"cloud", "gpu"}, "sync": {"sync"}, "agent": {"edge"}}
+EXTRAS = {
+    "gateway": {"cloud", "cpu", "gpu"},
+    "sync": {"sync", "cpu"},
+    "agent": {"edge", "cpu", "escalation", "fleet"},
+}
+# Both write the `onnxruntime` module: one pip install naming both breaks the image.
+RUNTIME_EXTRAS = {"cpu", "gpu"}
 CHART_UID = 10001
 
 
@@ -135,6 +141,16 @@ def test_installed_extras_exist_in_pyproject(image: str) -> None:
     installed = {extra for group in groups for extra in group.split(",")}
     assert installed == EXTRAS[image]
     assert installed <= declared
+
+
+@pytest.mark.parametrize("image", sorted(IMAGES))
+def test_each_install_names_at_most_one_onnx_runtime(image: str) -> None:
+    runs = " ".join(load(image).final.values("RUN"))
+    groups = re.findall(r"(?:\.whl\)|\}|\.)\[([a-z,]+)\]", runs)
+    assert groups
+    for group in groups:
+        assert len(RUNTIME_EXTRAS & set(group.split(","))) <= 1, group
+    assert "pip uninstall" not in runs  # no image repairs a runtime installed twice
 
 
 @pytest.mark.parametrize("image", sorted(IMAGES))

@@ -166,6 +166,29 @@ def test_reinstalling_upgrades_in_place_and_keeps_the_key(installation: Installa
 
 
 @needs_root
+def test_reinstalling_a_rebuilt_wheel_of_the_same_version_replaces_the_code(
+    installation: Installation, tmp_path: Path
+) -> None:
+    source = _package_source(tmp_path / "src")
+    marker = f"# rebuilt {secrets.token_hex(8)}\n"
+    init = source / "edge_agent" / "__init__.py"
+    init.write_text(init.read_text() + marker)
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+         "--wheel-dir", str(tmp_path / "wheels"), str(source)],
+        check=True, capture_output=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    (wheel,) = (tmp_path / "wheels").glob("edgeserve-*.whl")
+    result = installation.run(
+        "install", "--device-id", "dev-42", "--wheel", str(wheel),
+        "--python", sys.executable, "--no-start",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (installed,) = installation.prefix.glob("lib/python3*/site-packages/edge_agent/__init__.py")
+    assert installed.read_text().endswith(marker)
+
+
+@needs_root
 def test_a_bundle_finishes_the_enrollment_later(installation: Installation, tmp_path: Path) -> None:
     pki = ensure_dev_pki(tmp_path / "pki", devices=[])
     setup = BrokerSetup.create(tmp_path / "broker", pki, free_port(), [], ["edgeserve-sync"])
@@ -226,3 +249,15 @@ def test_install_needs_a_device_id_and_root() -> None:
     assert result.returncode == 1
     expected = "run as root" if os.geteuid() != 0 else "install needs --device-id"
     assert expected in result.stderr
+
+
+def test_extras_naming_both_onnx_runtimes_are_refused() -> None:
+    result = _script("render-unit", "--extras", "edge,cpu,gpu")
+    assert result.returncode == 1
+    assert "both cpu and gpu" in result.stderr
+
+
+def test_extras_that_are_not_a_plain_list_are_refused() -> None:
+    result = _script("render-unit", "--extras", "edge]; rm -rf /")
+    assert result.returncode == 1
+    assert "--extras" in result.stderr
