@@ -27,7 +27,7 @@ from edgeserve.wire.model_card import ModelCard
 MANIFEST_SCHEMA = "edgeserve.manifest/1"
 MAX_MANIFEST_BYTES = 256 << 10
 
-PayloadEncoding = Literal["zstd", "zstd-patch", "tensor-delta"]
+PayloadEncoding = Literal["zstd", "zstd-patch", "tensor-delta", "tensor-delta-2"]
 
 
 def version_key(version: str) -> tuple[int, ...]:
