@@ -1,12 +1,13 @@
 """``edgeserve bench delta``: how many bytes a model update costs, per encoding.
 
 For every case of :mod:`edgeserve.bench.delta_cases` (retrain, last-layer fine-tune,
-full fine-tune, two int8 re-quantizations; on the 0.6 MB reference CNN and a 51 MB
+full fine-tune, three int8 re-quantizations; on the 0.6 MB reference CNN and a 51 MB
 MLP) it builds and applies four payloads — full zstd, zstd-patch (base as zstd prefix),
-bsdiff4 and our tensor-delta — checks each rebuilds the new file exactly, and reports
-size as % of the new model with build and apply times. bsdiff4 needs ~17x the model in
-memory and minutes on 50 MB, so it runs within ``bsdiff_budget_s``: a case it cannot
-afford is reported as skipped with the estimate, never silently dropped.
+bsdiff4 and our tensor-delta (latest format) — checks each rebuilds the new file
+exactly, and reports size as % of the new model with build and apply times. bsdiff4
+needs ~17x the model in memory and minutes on 50 MB, so it runs within
+``bsdiff_budget_s``: a case it cannot afford is reported as skipped with the estimate,
+never silently dropped.
 """
 
 from __future__ import annotations
@@ -209,7 +210,7 @@ def _plot(rows: list[DeltaRow], path: Path) -> None:
         floor = 0.01
         for i, method in enumerate(methods):
             found = {r.case: r.percent for r in rows if r.model == model and r.method == method}
-            x = positions + (i - 1.5) * width
+            x = positions + (i - (len(methods) - 1) / 2) * width
             heights = [found.get(case) or 0.0 for case in CASES]
             axis.bar(x, heights, width, label=method)
             for xi, h in zip(x, heights, strict=True):

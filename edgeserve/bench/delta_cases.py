@@ -4,8 +4,9 @@ Each :class:`DeltaCase` is a base artifact a device runs and the new artifact th
 pushes. Two model families: the committed digits-cloud CNN (0.6 MB fp32, the actual
 artifact devices run, loaded back into torch so fine-tunes start from it exactly) and a
 wide MLP of realistic size (~51 MB fp32) trained briefly on the same digits. For each:
-a retrain from a new seed, a last-layer fine-tune, a full fine-tune, and two int8 cases
-(the same weights re-calibrated on other data; the full fine-tune re-quantized).
+a retrain from a new seed, a last-layer fine-tune, a full fine-tune, and three int8 cases
+(the same weights re-calibrated on other data; a full fine-tune at each of two learning
+rates, re-quantized: the smaller rate leaves sparse ±1 changes).
 """
 
 from __future__ import annotations
@@ -31,10 +32,14 @@ __all__ = ["CASES", "DeltaCase", "WideMLP", "big_cases", "small_cases"]
 CASES = (
     "last-layer fine-tune",
     "int8 re-calibration",
-    "int8 after full fine-tune",
+    "int8 after fine-tune lr 1e-4",
+    "int8 after fine-tune lr 1e-5",
     "full fine-tune",
     "retrain (new seed)",
 )
+# Full fine-tunes at two learning rates: the smaller one moves few int8 weights by one
+# step (sparse changes), the larger one many; the fp32 case uses the larger.
+_TUNE_RATES = (1e-4, 1e-5)
 
 
 @dataclass(frozen=True)
@@ -132,7 +137,7 @@ def _family(
     retrain_epochs: int,
     tune_epochs: int,
 ) -> Iterator[DeltaCase]:
-    """The five cases for one architecture, in :data:`CASES` order.
+    """The six cases for one architecture, in :data:`CASES` order.
 
     Fine-tunes use the calibration split as the "new data"; the int8 re-calibration
     calibrates the same fp32 weights on training rows instead of the calibration split.
@@ -144,18 +149,20 @@ def _family(
     yield DeltaCase(name, CASES[0], base_bytes, _export(last))
     base_int8 = _int8(base_bytes, split.x_calibration)
     yield DeltaCase(name, CASES[1], base_int8, _int8(base_bytes, split.x_train[:256]))
-    full = _copy(factory, model)
-    full_bytes = _export(_train(full, list(full.parameters()), new_data, tune_epochs, 1e-4, 7))
-    yield DeltaCase(name, CASES[2], base_int8, _int8(full_bytes, split.x_calibration))
-    yield DeltaCase(name, CASES[3], base_bytes, full_bytes)
+    tuned = []
+    for case, lr in zip(CASES[2:4], _TUNE_RATES, strict=True):
+        full = _copy(factory, model)
+        tuned.append(_export(_train(full, list(full.parameters()), new_data, tune_epochs, lr, 7)))
+        yield DeltaCase(name, case, base_int8, _int8(tuned[-1], split.x_calibration))
+    yield DeltaCase(name, CASES[4], base_bytes, tuned[0])
     fresh = _fresh(factory, seed=1)
     retrained = _train(fresh, list(fresh.parameters()), (split.x_train, split.y_train),
                        retrain_epochs, lr=1e-3, seed=1)  # fmt: skip
-    yield DeltaCase(name, CASES[4], base_bytes, _export(retrained))
+    yield DeltaCase(name, CASES[5], base_bytes, _export(retrained))
 
 
 def small_cases(split: DigitsSplit) -> Iterator[DeltaCase]:
-    """The committed digits-cloud CNN and five successors (the retrain runs 10 epochs)."""
+    """The committed digits-cloud CNN and six successors (the retrain runs 10 epochs)."""
 
     def head(model: nn.Module) -> list[nn.Parameter]:
         assert isinstance(model, nets.CloudCNN)
@@ -168,7 +175,7 @@ def small_cases(split: DigitsSplit) -> Iterator[DeltaCase]:
 
 
 def big_cases(split: DigitsSplit) -> Iterator[DeltaCase]:
-    """A 51 MB wide MLP trained one epoch from seed 0, and five successors."""
+    """A 51 MB wide MLP trained one epoch from seed 0, and six successors."""
     base = _fresh(WideMLP, seed=0)
     _train(base, list(base.parameters()), (split.x_train, split.y_train), 1, lr=1e-3, seed=0)
 

@@ -7,8 +7,10 @@ import tracemalloc
 from collections.abc import Callable
 
 import numpy as np
+import onnx
 import pytest
 import pyzstd
+from onnx import TensorProto, helper, numpy_helper
 
 from edgeserve.artifacts import packaged_artifacts
 from edgeserve.wire.delta import (
@@ -16,6 +18,8 @@ from edgeserve.wire.delta import (
     apply_payload,
     build_payload,
     candidates,
+    sparse,
+    tensor_format_for,
     transforms,
     zstd_codec,
 )
@@ -24,11 +28,29 @@ from edgeserve.wire.delta.onnx_layout import NotOnnx, TensorRange, tensor_ranges
 from edgeserve.wire.errors import IntegrityError
 from edgeserve.wire.manifest import PayloadEncoding
 
+
+def int8_layer(seed: int = 0) -> bytes:
+    """An int8 weight matrix (64 KiB) behind DequantizeLinear: a layer of a quantized model."""
+    rng = np.random.default_rng(seed)
+    weights = np.clip(np.rint(rng.normal(0, 30, (256, 256))), -127, 127).astype(np.int8)
+    initializers = [
+        numpy_helper.from_array(weights, "w_quantized"),
+        numpy_helper.from_array(np.array(0.01, dtype=np.float32), "w_scale"),
+        numpy_helper.from_array(np.array(0, dtype=np.int8), "w_zero_point"),
+    ]
+    node = helper.make_node("DequantizeLinear", ["w_quantized", "w_scale", "w_zero_point"], ["w"])
+    output = helper.make_tensor_value_info("w", TensorProto.FLOAT, [256, 256])
+    graph = helper.make_graph([node], "int8-layer", [], [output], initializers)
+    model: bytes = helper.make_model(graph).SerializeToString()
+    return model
+
+
 ARTIFACTS = packaged_artifacts()
 CLOUD = (ARTIFACTS / "digits-cloud.onnx").read_bytes()
 EDGE_INT8 = (ARTIFACTS / "digits-edge.onnx").read_bytes()
 EDGE_FP32 = (ARTIFACTS / "digits-edge-fp32.onnx").read_bytes()
 TFLITE = (ARTIFACTS / "digits-edge-tflite.tflite").read_bytes()
+INT8_LAYER = int8_layer()
 
 Edit = Callable[[str, np.ndarray], np.ndarray]
 TableEdit = Callable[[list[td.Segment]], list[td.Segment]]
@@ -62,6 +84,16 @@ def requantized(name: str, data: np.ndarray) -> np.ndarray:
     return moved
 
 
+def sparsely_stepped(name: str, data: np.ndarray) -> np.ndarray:
+    """What a small fine-tune does to int8 weights: 2% of them move by one step."""
+    if data.dtype != np.int8:
+        return data
+    rng = np.random.default_rng(len(name))
+    step = np.where(rng.random(data.shape) < 0.02, rng.choice([-1, 1], data.shape), 0)
+    moved: np.ndarray = np.clip(data.astype(np.int16) + step, -127, 127).astype(np.int8)
+    return moved
+
+
 def recalibrated(name: str, data: np.ndarray) -> np.ndarray:
     """An input scale grew by 30%: bias scales grow with it and int32 biases shrink."""
     if data.dtype == np.float32 and name.endswith("scale"):
@@ -76,16 +108,22 @@ PAIRS = {
     "cnn full fine-tune": (CLOUD, perturbed(CLOUD, fully_tuned)),
     "int8 re-quantization": (EDGE_INT8, perturbed(EDGE_INT8, requantized)),
     "int8 re-calibration": (EDGE_INT8, perturbed(EDGE_INT8, recalibrated)),
+    "int8 sparse steps": (INT8_LAYER, perturbed(INT8_LAYER, sparsely_stepped)),
     "int8 to fp32 (other graph)": (EDGE_INT8, EDGE_FP32),
     "unchanged": (CLOUD, CLOUD),
 }
+
+
+ENCODINGS: list[PayloadEncoding] = ["zstd", "zstd-patch", "tensor-delta", "tensor-delta-2"]
+DELTAS: list[PayloadEncoding] = ["zstd-patch", "tensor-delta", "tensor-delta-2"]
 
 
 @functools.cache
 def all_encoded(name: str) -> list[Payload]:
     """Every candidate for one pair, built once per test session (level 19 is not free)."""
     base, new = PAIRS[name]
-    return candidates(new, base)
+    old_format = [p for p in candidates(new, base, tensor_format=1) if p.encoding == "tensor-delta"]
+    return candidates(new, base) + old_format
 
 
 def encoded(encoding: PayloadEncoding, name: str) -> Payload:
@@ -93,7 +131,6 @@ def encoded(encoding: PayloadEncoding, name: str) -> Payload:
 
 
 def test_tensor_ranges_match_the_onnx_library() -> None:
-    onnx = pytest.importorskip("onnx")
     for model in (CLOUD, EDGE_INT8):
         expected = {t.name: t.raw_data for t in onnx.load_from_string(model).graph.initializer}
         ranges = tensor_ranges(model)
@@ -112,7 +149,7 @@ def test_non_onnx_bytes_are_refused_by_the_layout_walker(data: bytes) -> None:
 def test_every_encoding_rebuilds_the_new_model_exactly(name: str) -> None:
     base, new = PAIRS[name]
     found = all_encoded(name)
-    assert [p.encoding for p in found] == ["zstd", "zstd-patch", "tensor-delta"]
+    assert [p.encoding for p in found] == ["zstd", "zstd-patch", "tensor-delta-2", "tensor-delta"]
     for payload in found:
         assert apply_payload(payload.encoding, payload.data, base, len(new)) == new
 
@@ -121,7 +158,8 @@ def test_every_encoding_rebuilds_the_new_model_exactly(name: str) -> None:
 def test_build_payload_returns_the_smallest_candidate(name: str) -> None:
     base, new = PAIRS[name]
     chosen = build_payload(new, base)
-    assert len(chosen.data) == min(len(p.data) for p in all_encoded(name))
+    latest = [p for p in all_encoded(name) if p.encoding != "tensor-delta"]
+    assert len(chosen.data) == min(len(p.data) for p in latest)
     assert apply_payload(chosen.encoding, chosen.data, base, len(new)) == new
 
 
@@ -135,7 +173,7 @@ def test_a_last_layer_fine_tune_costs_under_five_percent_of_the_model() -> None:
 )
 def test_tensor_delta_beats_a_byte_level_patch_when_every_weight_moves(name: str) -> None:
     smallest = min(all_encoded(name), key=lambda p: len(p.data))
-    assert smallest.encoding == "tensor-delta"
+    assert smallest.encoding.startswith("tensor-delta")
 
 
 def test_without_a_base_the_payload_is_full_zstd() -> None:
@@ -156,10 +194,10 @@ def test_a_non_onnx_new_artifact_falls_back_too() -> None:
     assert apply_payload(payload.encoding, payload.data, CLOUD, len(TFLITE)) == TFLITE
 
 
-@pytest.mark.parametrize("encoding", ["zstd", "zstd-patch", "tensor-delta"])
+@pytest.mark.parametrize("encoding", ENCODINGS)
 def test_flipped_bytes_never_rebuild_wrong_bytes(encoding: PayloadEncoding) -> None:
-    base, new = PAIRS["int8 re-quantization"]
-    data = encoded(encoding, "int8 re-quantization").data
+    base, new = PAIRS["int8 sparse steps"]
+    data = encoded(encoding, "int8 sparse steps").data
     for position in range(0, len(data), max(1, len(data) // 150)):
         corrupt = bytearray(data)
         corrupt[position] ^= 0x5A
@@ -170,7 +208,7 @@ def test_flipped_bytes_never_rebuild_wrong_bytes(encoding: PayloadEncoding) -> N
         assert rebuilt == new, f"byte {position} flipped gave wrong output without an error"
 
 
-@pytest.mark.parametrize("encoding", ["zstd", "zstd-patch", "tensor-delta"])
+@pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("keep", [0, 1, 10, 0.5, -1])
 def test_truncated_payloads_raise_integrity_error(encoding: PayloadEncoding, keep: float) -> None:
     base, new = PAIRS["cnn full fine-tune"]
@@ -180,7 +218,7 @@ def test_truncated_payloads_raise_integrity_error(encoding: PayloadEncoding, kee
         apply_payload(encoding, data[:cut], base, len(new))
 
 
-@pytest.mark.parametrize("encoding", ["zstd", "zstd-patch", "tensor-delta"])
+@pytest.mark.parametrize("encoding", ENCODINGS)
 @pytest.mark.parametrize("delta", [-1, 1])
 def test_a_size_other_than_expected_raises_integrity_error(
     encoding: PayloadEncoding, delta: int
@@ -191,7 +229,7 @@ def test_a_size_other_than_expected_raises_integrity_error(
         apply_payload(encoding, data, base, len(new) + delta)
 
 
-@pytest.mark.parametrize("encoding", ["zstd-patch", "tensor-delta"])
+@pytest.mark.parametrize("encoding", DELTAS)
 def test_a_delta_applied_to_the_wrong_base_raises_integrity_error(
     encoding: PayloadEncoding,
 ) -> None:
@@ -235,24 +273,24 @@ def test_a_frame_asking_for_a_huge_window_is_refused() -> None:
         zstd_codec.decompress(frame, None, 4096)
 
 
+HEAD, SEGMENT = td._HEADS[2], td._SEGMENTS[2]
+
+
 def _with_table(payload: bytes, edit: TableEdit) -> bytes:
-    """Re-pack a tensor-delta payload with an edited (but validly compressed) table."""
-    head = list(td._HEAD.unpack_from(payload))
+    """Re-pack a format-2 tensor-delta payload with an edited (but validly compressed) table."""
+    head = list(HEAD.unpack_from(payload))
     n_base, n_seg, table_len = head[5], head[6], head[7]
     table = zstd_codec.decompress(
-        payload[td._HEAD.size : td._HEAD.size + table_len], None,
-        n_base * td._BASE_RANGE.size + n_seg * td._SEGMENT.size,
+        payload[HEAD.size : HEAD.size + table_len], None,
+        n_base * td._BASE_RANGE.size + n_seg * SEGMENT.size,
     )  # fmt: skip
     split = n_base * td._BASE_RANGE.size
-    segments = edit([td.Segment(*row) for row in td._SEGMENT.iter_unpack(table[split:])])
-    rows = b"".join(
-        td._SEGMENT.pack(s.offset, s.length, s.kind, s.width, s.base_offset, s.ratio)
-        for s in segments
-    )
+    segments = edit([td.Segment(*row) for row in SEGMENT.iter_unpack(table[split:])])
+    rows = b"".join(SEGMENT.pack(*td._segment_fields(s, 2)) for s in segments)
     new_table = zstd_codec.compress(table[:split] + rows)
     head[6], head[7] = len(segments), len(new_table)
-    rest = payload[td._HEAD.size + table_len :]
-    return td._HEAD.pack(*head) + new_table + rest
+    rest = payload[HEAD.size + table_len :]
+    return HEAD.pack(*head) + new_table + rest
 
 
 def _moved(segments: list[td.Segment], index: int, **change: float) -> list[td.Segment]:
@@ -260,24 +298,90 @@ def _moved(segments: list[td.Segment], index: int, **change: float) -> list[td.S
     return [*segments[:index], td.Segment(**{**fields, **change}), *segments[index + 1 :]]
 
 
+def _first_sparse(segments: list[td.Segment]) -> int:
+    return next(i for i, s in enumerate(segments) if s.is_sparse)
+
+
+def _sparse_moved(segments: list[td.Segment], **change: float) -> list[td.Segment]:
+    return _moved(segments, _first_sparse(segments), **change)
+
+
 BAD_TABLES: dict[str, TableEdit] = {
     "overlapping tensors": lambda s: _moved(s, 1, offset=s[0].offset),
-    "tensor past the end": lambda s: _moved(s, -1, offset=len(CLOUD)),
-    "base read past the end": lambda s: _moved(s, -1, kind=transforms.XOR, base_offset=len(CLOUD)),
+    "tensor past the end": lambda s: _moved(s, -1, offset=len(INT8_LAYER)),
+    "base read past the end": lambda s: _moved(
+        s, -1, kind=transforms.XOR, base_offset=len(INT8_LAYER)
+    ),
     "scale without a finite ratio": lambda s: _moved(s, 0, kind=transforms.FSCALE, ratio=np.nan),
     "float scale of bytes": lambda s: _moved(s, 0, kind=transforms.FSCALE, width=1, ratio=2.0),
     "unknown kind": lambda s: _moved(s, 0, kind=9),
     "bad width": lambda s: _moved(s, 0, width=3),
     "a tensor dropped": lambda s: s[:-1],
+    "more changes than elements": lambda s: _sparse_moved(s, count=s[_first_sparse(s)].length + 1),
+    "a sparse tensor made dense": lambda s: _sparse_moved(s, count=td.DENSE),
+    "changes counted short": lambda s: _sparse_moved(s, count=s[_first_sparse(s)].count - 1),
 }
 
 
 @pytest.mark.parametrize("edit", list(BAD_TABLES.values()), ids=list(BAD_TABLES))
 def test_inconsistent_tensor_tables_raise_integrity_error(edit: TableEdit) -> None:
-    base, new = PAIRS["cnn full fine-tune"]
-    payload = _with_table(encoded("tensor-delta", "cnn full fine-tune").data, edit)
+    base, new = PAIRS["int8 sparse steps"]
+    payload = _with_table(encoded("tensor-delta-2", "int8 sparse steps").data, edit)
     with pytest.raises(IntegrityError):
-        apply_payload("tensor-delta", payload, base, len(new))
+        apply_payload("tensor-delta-2", payload, base, len(new))
+
+
+def test_sparse_int8_steps_cost_less_in_format_2_than_in_format_1() -> None:
+    dense = len(encoded("tensor-delta", "int8 sparse steps").data)
+    chosen = len(encoded("tensor-delta-2", "int8 sparse steps").data)
+    assert chosen < 0.85 * dense
+
+
+def test_gaps_pointing_past_a_tensor_are_refused() -> None:
+    gaps = np.array([2, 5], dtype="<u4").view(np.uint8)
+    with pytest.raises(IntegrityError, match="past"):
+        sparse.scatter(gaps, np.array([1, 255], dtype=np.uint8), length=8, width=1)
+
+
+def test_gather_and_scatter_round_trip_every_width() -> None:
+    rng = np.random.default_rng(5)
+    for width in (1, 2, 4, 8):
+        coded = np.where(rng.random(4096 * width) < 0.03, rng.integers(1, 256, 4096 * width), 0)
+        coded = coded.astype(np.uint8)
+        gaps, values = sparse.gather(coded, width)
+        assert np.array_equal(sparse.scatter(gaps, values, len(coded), width), coded)
+
+
+def test_a_format_1_applier_refuses_a_format_2_payload_naming_the_format() -> None:
+    base, new = PAIRS["int8 sparse steps"]
+    data = encoded("tensor-delta-2", "int8 sparse steps").data
+    with pytest.raises(IntegrityError, match=r"format 2 .* names format 1"):
+        apply_payload("tensor-delta", data, base, len(new))
+
+
+def test_a_payload_from_a_newer_format_is_refused_as_newer() -> None:
+    base, new = PAIRS["int8 sparse steps"]
+    data = bytearray(encoded("tensor-delta-2", "int8 sparse steps").data)
+    data[len(td.MAGIC)] = 3
+    with pytest.raises(IntegrityError, match=r"format 3 \(newer than this agent applies\)"):
+        apply_payload("tensor-delta-2", bytes(data), base, len(new))
+
+
+@pytest.mark.parametrize(
+    ("agent_version", "tensor_format"),
+    [("", 1), ("0.1.0", 1), ("garbage", 1), ("0.2.0", 2), ("0.10.0", 2), ("1.0+local", 2)],
+)
+def test_agents_get_the_newest_tensor_delta_format_they_apply(
+    agent_version: str, tensor_format: int
+) -> None:
+    assert tensor_format_for(agent_version) == tensor_format
+
+
+def test_a_format_1_build_never_names_format_2() -> None:
+    base, new = PAIRS["int8 sparse steps"]
+    found = candidates(new, base, tensor_format=1)
+    assert "tensor-delta-2" not in [p.encoding for p in found]
+    assert build_payload(new, base, tensor_format=1).encoding != "tensor-delta-2"
 
 
 KIND_CASES = [

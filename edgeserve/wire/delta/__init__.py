@@ -8,6 +8,10 @@ Three encodings, named in the signed manifest's ``PayloadSpec.encoding``:
 - ``"tensor-delta"``: ONNX-aware; tensors XORed/subtracted against their namesakes in the
   base and byte-plane grouped (see :mod:`.tensor_delta`); wins when every weight moved a
   little (a full fine-tune, a re-quantization).
+- ``"tensor-delta-2"``: the same, with a sparse layout (changed positions + values)
+  chosen per tensor; wins when few int8 weights moved by a step (a small fine-tune).
+  Agents before :data:`TENSOR_DELTA_2_SINCE` do not know the name and refuse the
+  manifest, so the sync service asks :func:`tensor_format_for` what a device applies.
 
 :func:`build_payload` (sync service side) tries every encoding that applies, checks that
 each candidate rebuilds the new bytes exactly, and returns the smallest.
@@ -25,11 +29,24 @@ from dataclasses import dataclass
 
 from edgeserve.wire.delta import zstd_codec
 from edgeserve.wire.delta.onnx_layout import NotOnnx
-from edgeserve.wire.delta.tensor_delta import apply_tensor_delta, build_tensor_delta
-from edgeserve.wire.errors import IntegrityError
-from edgeserve.wire.manifest import PayloadEncoding
+from edgeserve.wire.delta.tensor_delta import LATEST, apply_tensor_delta, build_tensor_delta
+from edgeserve.wire.errors import IntegrityError, InvalidInput
+from edgeserve.wire.manifest import PayloadEncoding, version_key
 
-__all__ = ["Payload", "apply_payload", "build_payload", "candidates"]
+__all__ = [
+    "TENSOR_DELTA_2_SINCE",
+    "TENSOR_ENCODINGS",
+    "Payload",
+    "apply_payload",
+    "build_payload",
+    "candidates",
+    "tensor_format_for",
+]
+
+# The manifest name of each tensor-delta format, and the first agent release that
+# applies it; an agent reports its release in ``agent_version``.
+TENSOR_ENCODINGS: dict[int, PayloadEncoding] = {1: "tensor-delta", 2: "tensor-delta-2"}
+TENSOR_DELTA_2_SINCE = "0.2.0"
 
 _log = logging.getLogger(__name__)
 
@@ -43,26 +60,40 @@ class Payload:
         return f"Payload({self.encoding!r}, {len(self.data)} bytes)"
 
 
-def candidates(new: bytes, base: bytes | None) -> list[Payload]:
-    """Every encoding of ``new`` that applies to this base, unverified, in a fixed order."""
+def tensor_format_for(agent_version: str) -> int:
+    """The newest tensor-delta format an agent of this release applies (1 when unknown)."""
+    try:
+        release = version_key(agent_version.split("+")[0])
+    except InvalidInput:  # an empty or non-numeric version: assume the oldest agent
+        return 1
+    return 2 if release >= version_key(TENSOR_DELTA_2_SINCE) else 1
+
+
+def candidates(new: bytes, base: bytes | None, tensor_format: int = LATEST) -> list[Payload]:
+    """Every encoding of ``new`` that applies to this base, unverified, in a fixed order.
+
+    ``tensor_format`` is the newest tensor-delta format the receiving agent applies.
+    """
     found = [Payload("zstd", zstd_codec.compress(new))]
     if not base:
         return found
     found.append(Payload("zstd-patch", zstd_codec.compress(new, base)))
     try:
-        found.append(Payload("tensor-delta", build_tensor_delta(new, base)))
+        data = build_tensor_delta(new, base, tensor_format)
     except NotOnnx as exc:
         _log.debug("tensor-delta does not apply: %s", exc)
+    else:
+        found.append(Payload(TENSOR_ENCODINGS[tensor_format], data))
     return found
 
 
-def build_payload(new: bytes, base: bytes | None) -> Payload:
+def build_payload(new: bytes, base: bytes | None, tensor_format: int = LATEST) -> Payload:
     """The smallest payload that rebuilds ``new`` (from ``base`` when it is a delta).
 
     Each candidate is applied once before it is chosen, so a codec bug can only cost
     size (the full zstd payload is the last resort), never ship a broken update.
     """
-    for payload in sorted(candidates(new, base), key=lambda p: len(p.data)):
+    for payload in sorted(candidates(new, base, tensor_format), key=lambda p: len(p.data)):
         try:
             if apply_payload(payload.encoding, payload.data, base, len(new)) == new:
                 return payload
@@ -74,7 +105,8 @@ def build_payload(new: bytes, base: bytes | None) -> Payload:
 
 _APPLIERS: dict[str, Callable[[bytes, bytes, int], bytes]] = {
     "zstd-patch": lambda data, base, size: zstd_codec.decompress(data, base, size),
-    "tensor-delta": apply_tensor_delta,
+    "tensor-delta": lambda data, base, size: apply_tensor_delta(data, base, size, 1),
+    "tensor-delta-2": lambda data, base, size: apply_tensor_delta(data, base, size, 2),
 }
 
 
