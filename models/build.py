@@ -23,11 +23,13 @@ from edgeserve.artifacts import packaged_artifacts
 from edgeserve.wire.model_card import (
     ModelCard,
     ModelMetrics,
+    ReferenceBank,
     TensorSpec,
     card_path_for,
     file_sha256,
 )
 from models import nets
+from models.bank import write_bank
 from models.data import (
     NUM_CLASSES,
     NUM_FEATURES,
@@ -79,6 +81,7 @@ def _classifier_card(
     test_accuracy: float,
     test_samples: int,
     source: dict[str, object],
+    bank: ReferenceBank | None = None,
 ) -> ModelCard:
     card = ModelCard(
         name=name,
@@ -96,6 +99,7 @@ def _classifier_card(
         preprocessing=PREPROCESSING,
         # Rounded so the card text cannot pick up float-printing noise.
         metrics=ModelMetrics(test_accuracy=round(test_accuracy, 6), test_samples=test_samples),
+        bank=bank,
         source=source,
     )
     card.save(card_path_for(artifact))
@@ -121,12 +125,15 @@ def build_all(out_dir: Path, seed: int = 0, progress: Progress | None = None) ->
 
     Writes ``digits-edge-fp32.onnx``, ``digits-edge.onnx`` (int8), ``digits-edge-tflite.tflite``
     and ``digits-cloud.onnx``, each with its ``.card.json``, plus the calibration and test
-    splits as npz. Returns the cards in that order.
+    splits as npz and the edge models' reference bank (``digits-edge.bank.npz``, named and
+    hashed in each edge card). Returns the cards in that order.
     """
     say = progress or (lambda _message: None)
     out_dir.mkdir(parents=True, exist_ok=True)
     split = make_split(seed)
     write_splits(split, out_dir)
+    # The trust score's bank: the edge models' training digits, in their input space.
+    bank = write_bank(out_dir, split.x_train, split.y_train)
     common = _common_source(split, seed)
     n_test = len(split.y_test)
 
@@ -149,6 +156,7 @@ def build_all(out_dir: Path, seed: int = 0, progress: Progress | None = None) ->
             parameters=edge_params,
             test_accuracy=edge_acc,
             test_samples=n_test,
+            bank=bank,
             source=edge_source,
         )
     ]
@@ -167,6 +175,7 @@ def build_all(out_dir: Path, seed: int = 0, progress: Progress | None = None) ->
             parameters=edge_params,
             test_accuracy=int8_acc,
             test_samples=n_test,
+            bank=bank,
             source={
                 **edge_source,
                 "derived_from": EDGE_FP32,
@@ -188,6 +197,7 @@ def build_all(out_dir: Path, seed: int = 0, progress: Progress | None = None) ->
             parameters=edge_params,
             test_accuracy=tflite_acc,
             test_samples=n_test,
+            bank=bank,
             source={
                 **edge_source,
                 "derived_from": EDGE_FP32,

@@ -25,18 +25,25 @@ import numpy as np
 import numpy.typing as npt
 
 from edgeserve.wire.confidence import (
-    confidence_scores,
     expected_calibration_error,
     negative_log_likelihood,
     softmax,
+    top_class_confidence,
 )
 from edgeserve.wire.model_card import (
     CARD_SUFFIX,
     CalibrationReport,
-    ConfidenceScore,
     ModelCard,
     RouterPolicy,
+    RouterScore,
     file_sha256,
+)
+from models.bank import (
+    accuracy_at_rate,
+    choose_trust_weight,
+    load_bank,
+    neighbour_shares,
+    router_scores,
 )
 from models.data import FloatArray, SplitName, load_split
 from models.evaluate import run_onnx, run_tflite
@@ -45,6 +52,10 @@ TargetKind = Literal["escalation_rate", "accuracy", "manual"]
 # Temperatures outside this range mean the logits are broken, not miscalibrated.
 TEMPERATURE_BOUNDS = (1e-2, 1e2)
 _MAX_STEPS = 100
+# How many recent scores a device holds its escalation rate over (see edge_agent.routing).
+RATE_WINDOW = 500
+# The calibration curve stored in the card, for turning an accuracy target into a rate.
+CURVE_RATES = tuple(round(0.01 * i, 2) for i in range(51))
 
 
 def fit_temperature(
@@ -204,6 +215,7 @@ class CascadeSplit:
     labels: npt.NDArray[np.int64]
     edge_correct: npt.NDArray[np.bool_]
     cloud_correct: npt.NDArray[np.bool_]
+    features: FloatArray
 
 
 @dataclass(frozen=True)
@@ -242,7 +254,26 @@ def cascade_split(
         labels=y,
         edge_correct=edge_logits.argmax(axis=1) == y,
         cloud_correct=cloud_logits.argmax(axis=1) == y,
+        features=x,
     )
+
+
+def split_scores(
+    artifacts_dir: Path,
+    card: ModelCard,
+    data: CascadeSplit,
+    score: RouterScore,
+    temperature: float,
+    weight: float | None,
+) -> tuple[npt.NDArray[np.float64], float]:
+    """Every row's router score and the trust weight used (chosen here when None)."""
+    if score != "trust":
+        return router_scores(score, data.edge_logits, temperature, None, 0.0), 0.5
+    share = neighbour_shares(load_bank(artifacts_dir, card), data.edge_logits, data.features)
+    if weight is None:
+        _, confidence = top_class_confidence(data.edge_logits, temperature)
+        weight = choose_trust_weight(confidence, share, data.edge_correct, data.cloud_correct)
+    return router_scores(score, data.edge_logits, temperature, share, weight), weight
 
 
 def calibration_report(logits: FloatArray, labels: npt.NDArray[Any]) -> CalibrationReport:
@@ -262,7 +293,7 @@ def calibrate_card(
     artifacts_dir: Path,
     edge_model: str = "digits-edge",
     cloud_model: str = "digits-cloud",
-    score: ConfidenceScore = "max_probability",
+    score: RouterScore = "max_probability",
     target_kind: TargetKind = "escalation_rate",
     target_value: float = 0.1,
 ) -> ModelCard:
@@ -275,15 +306,22 @@ def calibrate_card(
             raise ValueError(f"{checked.file} does not match the sha256 in its card")
     data = cascade_split(artifacts_dir, card, cloud, "calibration")
     report = calibration_report(data.edge_logits, data.labels)
-    _, scores = confidence_scores(data.edge_logits, report.temperature, score)
+    scores, weight = split_scores(artifacts_dir, card, data, score, report.temperature, None)
     choice = choose_threshold(
         scores, data.edge_correct, data.cloud_correct, target_kind, target_value
     )
+    curve = [
+        (rate, round(accuracy_at_rate(scores, data.edge_correct, data.cloud_correct, rate), 6))
+        for rate in CURVE_RATES
+    ]
     router = RouterPolicy(
         score=score,
         threshold=choice.threshold,
         target_kind=target_kind,
         target_value=target_value,
+        trust_weight=weight,
+        rate_window=0 if target_kind == "manual" else RATE_WINDOW,
+        accuracy_curve=curve,
         escalation_model=cloud_model,
         expected_escalation_rate=choice.escalation_rate,
         expected_accuracy=choice.accuracy,
@@ -303,7 +341,10 @@ def cascade_outcome(
         raise ValueError(f"model '{card.name}' has no router policy; calibrate it first")
     cloud = load_card(artifacts_dir, cloud_model)
     data = cascade_split(artifacts_dir, card, cloud, split)
-    _, scores = confidence_scores(data.edge_logits, card.temperature, card.router.score)
+    router = card.router
+    scores, _ = split_scores(
+        artifacts_dir, card, data, router.score, card.temperature, router.trust_weight
+    )
     point = sweep(scores, data.edge_correct, data.cloud_correct, [card.router.threshold])[0]
     return CascadeOutcome(
         samples=len(data.labels),

@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from edgeserve.wire.model_card import ConfidenceScore, ModelCard
+from edgeserve.wire.model_card import ModelCard, RouterScore
 from models.calibrate import CascadeOutcome, TargetKind, calibrate_card, cascade_outcome
 
 
@@ -19,7 +19,7 @@ def calibrate(
     artifacts_dir: Path,
     model: str = "digits-edge",
     cloud_model: str = "digits-cloud",
-    score: ConfidenceScore = "max_probability",
+    score: RouterScore = "max_probability",
     target_kind: TargetKind = "escalation_rate",
     target_value: float = 0.1,
 ) -> ModelCard:

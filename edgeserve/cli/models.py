@@ -29,7 +29,7 @@ def build(out: Path, seed: int) -> None:
         # calibration split of what was just built, with the committed default policy.
         for name in EDGE_MODELS:
             report(f"calibrating {name}")
-            calibrate_card(out, name, "digits-cloud", "max_probability", "escalation_rate", 0.1)
+            calibrate_card(out, name, "digits-cloud", "trust", "escalation_rate", 0.1)
     cards = [ModelCard.load(path) for path in sorted(out.glob(f"*{CARD_SUFFIX}"))]
     Console().print(cards_table(cards, f"built into {out}"))
 
