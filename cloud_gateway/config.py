@@ -27,6 +27,9 @@ class GatewayConfig(ServiceSettings):
     state_dir: Path = Field(default_factory=default_state_dir("gateway"))
     repository: Path | None = Field(None, description="model repository (default: state/models)")
     tenants_db: Path | None = Field(None, description="SQLite tenants (default: state/tenants.db)")
+    experiments_db: Path | None = Field(
+        None, description="SQLite experiments and their counts (default: state/experiments.db)"
+    )
     pki_dir: Path | None = Field(None, description="CA and server cert (default: state/pki)")
     # A real deployment brings its own server certificate and the CA that signs devices;
     # without them the gateway makes (and renews) a dev PKI under pki_dir.
@@ -74,6 +77,10 @@ class GatewayConfig(ServiceSettings):
     @property
     def tenants_path(self) -> Path:
         return self.tenants_db or self.state_dir / "tenants.db"
+
+    @property
+    def experiments_path(self) -> Path:
+        return self.experiments_db or self.state_dir / "experiments.db"
 
     @property
     def pki_path(self) -> Path:

@@ -12,10 +12,14 @@ costs its senders, not the compliant tenants.
 from __future__ import annotations
 
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from cloud_gateway.experiments import Experiments, LiveExperiment, Mirrored
 from cloud_gateway.metrics import GatewayMetrics
+from cloud_gateway.repository.config import ModelConfig
 from cloud_gateway.repository.manager import LoadedVersion, ModelRepository
 from cloud_gateway.scheduler import RateLimit, TenantLimiter
 from cloud_gateway.scheduler.shared_buckets import SharedRateLimiter
@@ -23,6 +27,7 @@ from cloud_gateway.tenancy import Authenticator, Principal
 from edgeserve import __version__
 from edgeserve.wire.confidence import top_class_confidence
 from edgeserve.wire.errors import (
+    EdgeServeError,
     InvalidInput,
     ModelNotFound,
     PermissionDenied,
@@ -32,6 +37,11 @@ from edgeserve.wire.errors import (
 from edgeserve.wire.schedule import schedule_policy
 from edgeserve.wire.tensors import InferRequest, InferResponse, InferTensor
 from edgeserve.wire.validation import validate_inputs
+
+# A front door's header (REST) or call metadata (gRPC) by lowercase name, if sent.
+HeaderLookup = Callable[[str], str | None]
+SHADOW_TENANT = "_shadow"
+SHADOW_PRIORITY = 1 << 20  # below every tier a tenant can have: mirrored work goes last
 
 PLATFORMS = {
     "onnxruntime": "onnxruntime_onnx",
@@ -47,6 +57,7 @@ class Admission:
     principal: Principal
     model: str
     started: float
+    experiment: LiveExperiment | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -64,6 +75,7 @@ class GatewayCore:
         authenticator: Authenticator,
         metrics: GatewayMetrics,
         shared_buckets: SharedRateLimiter | None = None,
+        experiments: Experiments | None = None,
     ) -> None:
         self.repository = repository
         self.authenticator = authenticator
@@ -71,6 +83,9 @@ class GatewayCore:
         self.limiter = TenantLimiter({})
         # Cluster-wide token buckets (Redis) when configured; else each process's own.
         self.shared_buckets = shared_buckets
+        self.experiments = experiments
+        # model -> its running experiment: the one lookup every request pays for them.
+        self._experiments: dict[str, LiveExperiment] = experiments.active if experiments else {}
         self.started = False
 
     # -- identity ------------------------------------------------------------------------
@@ -155,15 +170,22 @@ class GatewayCore:
         self.authorize(principal, model)
         self.repository.entry(model)
         await self._take_allowance(principal)
-        return Admission(principal, model, started)
+        return Admission(principal, model, started, self._experiments.get(model))
 
     def release(self, admission: Admission) -> None:
         self.limiter.release_slot(admission.principal.tenant)
 
     async def run(
-        self, admission: Admission, request: InferRequest, deadline: float | None = None
+        self,
+        admission: Admission,
+        request: InferRequest,
+        deadline: float | None = None,
+        header: HeaderLookup | None = None,
     ) -> InferResponse:
-        """Check an admitted request's inputs, queue it in the model's batcher, answer."""
+        """Check an admitted request's inputs, queue it in the model's batcher, answer.
+
+        A request to a model with a running experiment that names no version goes to
+        the arm its key (``header`` or ``parameters``) is assigned to."""
         principal = admission.principal
         if request.model_name != admission.model:
             raise InvalidInput(
@@ -176,6 +198,10 @@ class GatewayCore:
         priority, deadline = _schedule_policy(request, deadline)
         # A request may lower its own priority, never rise above its tenant's tier.
         priority = max(priority or principal.priority_tier, principal.priority_tier)
+        if admission.experiment is not None and request.model_version is None:
+            return await self._run_arm(
+                admission, request, arrays, wanted, priority, deadline, header
+            )
         loaded = await self.repository.get(request.model_name, request.model_version)
         loaded.in_flight += 1
         try:
@@ -191,6 +217,74 @@ class GatewayCore:
         self.metrics.latency.labels(config.name, principal.tenant).observe(elapsed)
         self.metrics.requests.labels(config.name, loaded.version, principal.tenant, "ok").inc()
         return response
+
+    async def feedback(
+        self, principal: Principal, model: str, request_id: object, labels: object
+    ) -> int:
+        """True labels for an earlier request to ``model``'s experiment (scores accuracy)."""
+        self.authorize(principal, model)
+        if self.experiments is None:
+            raise ModelNotFound(f"model {shown(model)!r} has no running experiment")
+        return await self.experiments.feedback(model, request_id, labels)
+
+    async def _run_arm(
+        self,
+        admission: Admission,
+        request: InferRequest,
+        arrays: dict[str, Any],
+        wanted: list[str],
+        priority: int,
+        deadline: float | None,
+        header: HeaderLookup | None,
+    ) -> InferResponse:
+        """The experiment path: the assigned arm answers; the shadow gets a copy."""
+        live = admission.experiment
+        assert live is not None
+        principal = admission.principal
+        arm = live.assign(live.routing_key(request.parameters, header))
+        request.id = request.id or uuid.uuid4().hex  # the key feedback comes back with
+        started = time.perf_counter()
+        try:
+            loaded = await self.repository.get(live.model, arm.version)
+            loaded.in_flight += 1
+            try:
+                results = await loaded.batcher.submit(
+                    principal.tenant, principal.weight, arrays, priority, deadline
+                )
+            finally:
+                loaded.in_flight -= 1
+        except EdgeServeError:
+            live.failed(arm, time.perf_counter() - started)
+            raise
+        response = self._response(loaded, request, results, wanted)
+        predicted = response.parameters.get("prediction")
+        live.served(arm, request.id, predicted, time.perf_counter() - started)
+        if arm is live.spec.control:
+            live.mirror(Mirrored(request.id, arrays, predicted, results))
+        response.parameters.update(experiment=live.name, arm=arm.name)
+        return self._finish(admission, loaded, response)
+
+    def _finish(
+        self, admission: Admission, loaded: LoadedVersion, response: InferResponse
+    ) -> InferResponse:
+        elapsed = time.perf_counter() - admission.started
+        response.parameters["gateway_ms"] = round(elapsed * 1e3, 3)
+        tenant = admission.principal.tenant
+        self.metrics.latency.labels(loaded.name, tenant).observe(elapsed)
+        self.metrics.requests.labels(loaded.name, loaded.version, tenant, "ok").inc()
+        return response
+
+    async def run_shadow(
+        self, model: str, version: str, arrays: dict[str, Any]
+    ) -> tuple[ModelConfig, dict[str, Any]]:
+        """A mirrored request on the shadow version, behind every tenant's work."""
+        loaded = await self.repository.get(model, version)
+        loaded.in_flight += 1
+        try:
+            results = await loaded.batcher.submit(SHADOW_TENANT, 1.0, arrays, SHADOW_PRIORITY)
+        finally:
+            loaded.in_flight -= 1
+        return loaded.config, results
 
     async def _take_allowance(self, principal: Principal) -> None:
         # Limits change when an operator edits a tenant; set_limit ignores an unchanged one.

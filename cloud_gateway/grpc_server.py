@@ -20,7 +20,7 @@ from typing import Any, TypeVar
 
 import grpc
 
-from cloud_gateway.core import Credentials, GatewayCore
+from cloud_gateway.core import Credentials, GatewayCore, HeaderLookup
 from cloud_gateway.tenancy import Principal
 from edgeserve.listen import cannot_listen
 from edgeserve.logs import LogThrottle
@@ -136,7 +136,8 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
             infer_request = oip_grpc.request_from_proto(request)
             remaining = context.time_remaining()
             deadline = None if remaining is None else time.monotonic() + remaining
-            response = await self.core.run(admission, infer_request, deadline)
+            header = None if admission.experiment is None else _metadata_lookup(context)
+            response = await self.core.run(admission, infer_request, deadline, header)
         finally:
             self.core.release(admission)
         return oip_grpc.response_to_proto(response)
@@ -164,6 +165,16 @@ class Servicer(pb_grpc.GRPCInferenceServiceServicer):
     ) -> pb.RepositoryModelUnloadResponse:
         await self.core.unload(await self._principal(context), request.model_name)
         return pb.RepositoryModelUnloadResponse()
+
+
+def _metadata_lookup(context: grpc.aio.ServicerContext) -> HeaderLookup:
+    """Call metadata by name, for an experiment's sticky key (read only when asked)."""
+
+    def lookup(name: str) -> str | None:
+        value = dict(context.invocation_metadata() or ()).get(name.lower())
+        return value.decode("latin-1") if isinstance(value, bytes) else value
+
+    return lookup
 
 
 def create_grpc_server(

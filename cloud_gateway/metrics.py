@@ -97,6 +97,25 @@ class GatewayMetrics:
             registry=self.registry,
             multiprocess_mode="livesum",
         )
+        # Experiments: added at each flush (every half second), not per request.
+        self.experiment_requests = Counter(
+            "edgeserve_gateway_experiment_requests",
+            "Requests served by each arm of an experiment (shadow arms: mirrored copies)",
+            ["experiment", "arm", "outcome"],
+            registry=self.registry,
+        )
+        self.experiment_compared = Counter(
+            "edgeserve_gateway_experiment_shadow_compared",
+            "Rows a shadow answered, by whether its answer agreed with the control's",
+            ["experiment", "agreed"],
+            registry=self.registry,
+        )
+        self.experiment_dropped = Counter(
+            "edgeserve_gateway_experiment_shadow_dropped",
+            "Mirrored requests dropped because the shadow's queue was full",
+            ["experiment"],
+            registry=self.registry,
+        )
         self.queue_depth = Gauge(
             "edgeserve_gateway_queue_depth",
             "Requests waiting per model",

@@ -23,7 +23,7 @@ from typing import Any
 
 import orjson
 
-from cloud_gateway.core import Credentials, GatewayCore
+from cloud_gateway.core import Credentials, GatewayCore, HeaderLookup
 from cloud_gateway.rest_api import create_api_app
 from edgeserve.logs import LogThrottle
 from edgeserve.wire import oip_rest
@@ -112,7 +112,9 @@ class GatewayHttp:
         try:
             body = await read_asgi_body(receive, headers, self.max_body_bytes)
             request = oip_rest.decode_request(body, oip_rest.header_length(headers), name, version)
-            response = await self.core.run(admission, request)
+            # Only an experiment reads headers past authentication (its sticky key).
+            header = None if admission.experiment is None else _header_lookup(headers)
+            response = await self.core.run(admission, request, header=header)
         finally:
             self.core.release(admission)
         content, length = oip_rest.encode_response(response, request)
@@ -150,6 +152,14 @@ def _infer_target(path: str) -> tuple[str, str | None]:
     if len(parts) == 3 and parts[0] and parts[1] == "versions" and parts[2]:
         return parts[0], parts[2]
     raise RouteNotFound(f"no such path {shown(path, 200)!r}")
+
+
+def _header_lookup(headers: dict[bytes, bytes]) -> HeaderLookup:
+    def lookup(name: str) -> str | None:
+        value = headers.get(name.lower().encode("latin-1"))
+        return None if value is None else value.decode("latin-1")
+
+    return lookup
 
 
 def _echo_id(scope: Scope) -> Headers:

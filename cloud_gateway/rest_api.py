@@ -12,13 +12,14 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Annotated
 
+import orjson
 from fastapi import APIRouter, Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 
 from cloud_gateway.core import Credentials, GatewayCore
 from cloud_gateway.tenancy import Principal
 from edgeserve.http_errors import route_errors
-from edgeserve.wire.errors import EdgeServeError
+from edgeserve.wire.errors import EdgeServeError, InvalidInput
 
 Refusal = Callable[[EdgeServeError, str], tuple[int, list[tuple[bytes, bytes]], bytes]]
 DESCRIPTION = (
@@ -105,3 +106,17 @@ async def model_ready(
 ) -> Response:
     ready = core.model_ready(caller, name, version)
     return JSONResponse({"name": name, "ready": ready}, 200 if ready else 400)
+
+
+@router.post("/v2/models/{name}/feedback")
+async def feedback(name: str, request: Request, core: Core, caller: Caller) -> JSONResponse:
+    """True labels for an earlier request to a model under an experiment:
+    ``{"id": "<the response's id>", "labels": ["7", ...]}``, one label per row."""
+    try:
+        document = orjson.loads(await request.body())
+    except orjson.JSONDecodeError as exc:
+        raise InvalidInput(f"feedback body is not JSON: {exc}") from exc
+    if not isinstance(document, dict):
+        raise InvalidInput('feedback body must be a JSON object {"id": ..., "labels": [...]}')
+    known = await core.feedback(caller, name, document.get("id"), document.get("labels"))
+    return JSONResponse({"id": document["id"], "accepted": True, "answers_known": known})

@@ -19,6 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from cloud_gateway.config import GatewayConfig
 from cloud_gateway.core import GatewayCore
+from cloud_gateway.experiments import Experiments
 from cloud_gateway.grpc_server import create_grpc_server
 from cloud_gateway.metrics import GatewayMetrics
 from cloud_gateway.repository.manager import ModelRepository
@@ -72,7 +73,8 @@ def build_core(config: GatewayConfig, executor: ThreadPoolExecutor) -> GatewayCo
         shared = SharedRateLimiter(
             config.rate_limit_store, on_fallback=metrics.limiter_fallbacks.inc
         )
-    return GatewayCore(repository, authenticator, metrics, shared)
+    experiments = Experiments(config.experiments_path, metrics)
+    return GatewayCore(repository, authenticator, metrics, shared, experiments)
 
 
 def prepare_state(config: GatewayConfig) -> None:
@@ -101,6 +103,8 @@ def device_tls(config: GatewayConfig) -> tuple[bytes, bytes, bytes]:
 async def serve(config: GatewayConfig) -> None:
     executor = ThreadPoolExecutor(config.inference_threads, thread_name_prefix="inference")
     core = build_core(config, executor)
+    assert core.experiments is not None
+    await core.experiments.start(core.run_shadow)
     http_socket = listening_socket(config.host, config.http_port, what="OIP v2 REST")
     grpc_plain, grpc_port = create_grpc_server(core, config.host, config.grpc_port)
     servers = [grpc_plain]
@@ -136,6 +140,7 @@ async def serve(config: GatewayConfig) -> None:
         await rest_task
         if sampler is not None:
             await sampler
+        await core.experiments.close()
         await core.repository.close()
         if core.shared_buckets is not None:
             await core.shared_buckets.close()

@@ -55,11 +55,14 @@ class Supervisor:
         self.leases = LeaseServer(self.run_dir / "leases.sock")
 
     async def run(self) -> int:
+        from cloud_gateway.experiments import ExperimentStore
         from cloud_gateway.server import prepare_state
         from cloud_gateway.tenancy import TenantStore
 
         prepare_state(self.config)
-        TenantStore(self.config.tenants_path).close()  # created or migrated once, here
+        # Created or migrated once, here, not by N workers at once.
+        TenantStore(self.config.tenants_path).close()
+        ExperimentStore(self.config.experiments_path).close()
         self._prepare_run_dir()
         self._reserve_ports()
         if not self.config.rate_limit_store:

@@ -11,7 +11,12 @@ gateway_app = typer.Typer(no_args_is_help=True, help="The cloud gateway (OIP v2 
 tenant_app = typer.Typer(no_args_is_help=True, help="Tenants and their API keys.")
 device_app = typer.Typer(no_args_is_help=True, help="Devices: mTLS identities of a tenant.")
 gateway_app.add_typer(tenant_app, name="tenant")
+experiment_app = typer.Typer(
+    no_args_is_help=True,
+    help="Experiments: a model's traffic split across versions, a shadow, sequential tests.",
+)
 gateway_app.add_typer(device_app, name="device")
+gateway_app.add_typer(experiment_app, name="experiment")
 
 ConfigOption = Annotated[
     Path | None, typer.Option("--config", "-c", help="TOML config file", exists=True)
@@ -113,3 +118,77 @@ def device_add(
     Console().print(
         f"device {device_id} → tenant {tenant}\n  cert {cert}\n  key  {key}\n  ca   {pki.ca.cert}"
     )
+
+
+def _experiment_paths(config: Path | None) -> tuple[Path, Path]:
+    from cloud_gateway.config import GatewayConfig
+
+    settings = _config(config)
+    assert isinstance(settings, GatewayConfig)
+    settings.experiments_path.parent.mkdir(parents=True, exist_ok=True)
+    return settings.experiments_path, settings.repository_path
+
+
+@experiment_app.command("create")
+def experiment_create(
+    name: str,
+    model: Annotated[str, typer.Option(help="the model whose unversioned name is split")],
+    split: Annotated[
+        str,
+        typer.Option(help="VERSION=WEIGHT,...: the arms serving traffic; the first is the control"),
+    ],
+    shadow: Annotated[
+        str | None, typer.Option(help="a version mirrored on control traffic, never returned")
+    ] = None,
+    key_header: Annotated[
+        str | None, typer.Option(help="sticky key: this request header (or gRPC metadata)")
+    ] = None,
+    key_parameter: Annotated[
+        str | None, typer.Option(help="sticky key: this entry of the request's parameters")
+    ] = None,
+    max_error_rate: Annotated[float, typer.Option(help="guardrail: stop an arm above this")] = 0.05,
+    max_p99_ms: Annotated[
+        float | None, typer.Option(help="guardrail: stop an arm whose p99 exceeds this")
+    ] = None,
+    min_requests: Annotated[int, typer.Option(help="requests before a guardrail acts")] = 50,
+    min_agreement: Annotated[
+        float, typer.Option(help="stop a shadow significantly below this agreement")
+    ] = 0.95,
+    alpha: Annotated[float, typer.Option(help="false-stop rate of the sequential tests")] = 0.05,
+    shadow_queue: Annotated[int, typer.Option(help="mirrored requests waiting, at most")] = 256,
+    config: ConfigOption = None,
+) -> None:
+    """Start an experiment: running gateways route the model's traffic within a second."""
+    from cloud_gateway.experiments import Arm, ExperimentSpec, cli
+    from edgeserve.wire.errors import EdgeServeError
+
+    db, repository = _experiment_paths(config)
+    try:
+        arms = cli.parse_split(split) + ((Arm(shadow, "shadow"),) if shadow else ())
+        settings = cli.settings_from(
+            max_error_rate, max_p99_ms, min_requests, min_agreement, alpha, shadow_queue
+        )
+        spec = ExperimentSpec(name, model, arms, key_header, key_parameter, settings)
+    except EdgeServeError as exc:
+        typer.echo(f"error: {exc.message}", err=True)
+        raise typer.Exit(1) from exc
+    raise typer.Exit(cli.experiment_create(db, repository, spec))
+
+
+@experiment_app.command("show")
+def experiment_show(
+    name: Annotated[str | None, typer.Argument(help="omit to list every experiment")] = None,
+    config: ConfigOption = None,
+) -> None:
+    """Per-arm figures with 95% intervals, and each arm against the control (always valid)."""
+    from cloud_gateway.experiments import cli
+
+    raise typer.Exit(cli.experiment_show(_experiment_paths(config)[0], name))
+
+
+@experiment_app.command("stop")
+def experiment_stop(name: str, config: ConfigOption = None) -> None:
+    """Stop an experiment: its model's traffic goes back to the default version."""
+    from cloud_gateway.experiments import cli
+
+    raise typer.Exit(cli.experiment_stop(_experiment_paths(config)[0], name))

@@ -1,0 +1,185 @@
+"""One running experiment inside one gateway process: assignment, counts, the shadow.
+
+``LiveExperiment`` is what a request to an experiment's model meets: ``assign`` picks
+the split arm, ``served``/``failed`` count the answer, and ``mirror`` hands a copy of
+the request to the shadow without waiting for it. The shadow is a bounded queue and one
+task that drains it in batches (so the shadow version's batcher can batch them) at the
+lowest priority: a full queue drops the copy and counts it, so the primary never waits
+on the shadow. Counts are kept per process and taken by ``take`` at each flush.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from cloud_gateway.experiments.spec import Arm, ExperimentSpec
+from cloud_gateway.experiments.store import Prediction
+from cloud_gateway.experiments.tally import Tally
+from cloud_gateway.repository.config import ModelConfig
+from edgeserve.wire.confidence import top_class_confidence
+from edgeserve.wire.errors import EdgeServeError
+
+log = logging.getLogger(__name__)
+Tensors = dict[str, npt.NDArray[Any]]
+# (model, version, inputs) -> (the version's config, its outputs), at the lowest priority.
+ShadowRun = Callable[[str, str, Tensors], Awaitable[tuple[ModelConfig, Tensors]]]
+SHADOW_BATCH = 32  # mirrored requests handed to the shadow's batcher at once
+MAX_PREDICTIONS = 100_000  # kept between flushes; beyond, the oldest are not recorded
+
+
+@dataclass(frozen=True, slots=True)
+class Mirrored:
+    request_id: str
+    inputs: Tensors
+    control_labels: list[str] | None
+    control_outputs: Tensors
+
+
+class LiveExperiment:
+    def __init__(self, spec: ExperimentSpec, run_shadow: ShadowRun) -> None:
+        self.spec = spec
+        self.name = spec.name
+        self.model = spec.model
+        self._run_shadow = run_shadow
+        self._tallies: dict[str, Tally] = {}
+        self._predictions: list[Prediction] = []
+        self._queue: asyncio.Queue[Mirrored] = asyncio.Queue(spec.settings.shadow_queue)
+        self._task: asyncio.Task[None] | None = None
+        shadow = spec.shadow
+        if shadow is not None:
+            self._task = asyncio.get_running_loop().create_task(self._shadow_loop(shadow))
+
+    # -- the request path -----------------------------------------------------------------
+
+    def routing_key(
+        self, parameters: dict[str, Any], header: Callable[[str], str | None] | None
+    ) -> str | None:
+        """The caller's sticky key, from the experiment's header or parameter."""
+        if self.spec.key_header is not None and header is not None:
+            return header(self.spec.key_header)
+        if self.spec.key_parameter is not None:
+            value = parameters.get(self.spec.key_parameter)
+            return None if value is None else str(value)
+        return None
+
+    def assign(self, key: str | None) -> Arm:
+        return self.spec.assign(key)
+
+    def served(self, arm: Arm, request_id: str, labels: list[str] | None, seconds: float) -> None:
+        tally = self.tally(arm)
+        tally.requests += 1
+        tally.latency.observe(seconds)
+        if labels is not None:
+            self._record(Prediction(request_id, self.name, arm.version, labels))
+
+    def failed(self, arm: Arm, seconds: float) -> None:
+        tally = self.tally(arm)
+        tally.requests += 1
+        tally.errors += 1
+        tally.latency.observe(seconds)
+
+    def mirror(self, item: Mirrored) -> bool:
+        """Queue a copy for the shadow; False (and counted) when the queue is full."""
+        shadow = self.spec.shadow
+        if shadow is None:
+            return False
+        try:
+            self._queue.put_nowait(item)
+        except asyncio.QueueFull:
+            self.tally(shadow).dropped += 1
+            return False
+        return True
+
+    def tally(self, arm: Arm) -> Tally:
+        tally = self._tallies.get(arm.version)
+        if tally is None:
+            tally = self._tallies[arm.version] = Tally()
+        return tally
+
+    def take(self) -> tuple[dict[str, Tally], list[Prediction]]:
+        """This process's counts and predictions since the last take (for a flush)."""
+        tallies, predictions = self._tallies, self._predictions
+        self._tallies, self._predictions = {}, []
+        return tallies, predictions
+
+    def give_back(self, tallies: dict[str, Tally], predictions: Sequence[Prediction] = ()) -> None:
+        """Counts (and predictions) not stored yet: kept for the next flush."""
+        for version, tally in tallies.items():
+            self._tallies.setdefault(version, Tally()).add(tally)
+        for prediction in predictions:
+            self._record(prediction)
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    # -- the shadow -----------------------------------------------------------------------
+
+    async def _shadow_loop(self, arm: Arm) -> None:
+        while True:
+            items = [await self._queue.get()]
+            while len(items) < SHADOW_BATCH and not self._queue.empty():
+                items.append(self._queue.get_nowait())
+            await asyncio.gather(*(self._shadow_one(arm, item) for item in items))
+
+    async def _shadow_one(self, arm: Arm, item: Mirrored) -> None:
+        started = time.perf_counter()
+        try:
+            config, outputs = await self._run_shadow(self.model, arm.version, item.inputs)
+        except EdgeServeError:
+            self.failed(arm, time.perf_counter() - started)
+            return
+        except Exception:
+            log.exception("shadow run failed", extra={"experiment": self.name})
+            self.failed(arm, time.perf_counter() - started)
+            return
+        labels = top_labels(config, outputs)
+        agreed = _agreements(item, labels, outputs)
+        self.served(arm, item.request_id, labels, time.perf_counter() - started)
+        tally = self.tally(arm)
+        tally.compared += len(agreed)
+        tally.agreed += sum(agreed)
+
+    def _record(self, prediction: Prediction) -> None:
+        if len(self._predictions) < MAX_PREDICTIONS:
+            self._predictions.append(prediction)
+
+
+def top_labels(config: ModelConfig, outputs: Tensors) -> list[str] | None:
+    """The top class of each row, by the model's labels (None: the model has no logits)."""
+    if not config.logits_output or config.logits_output not in outputs:
+        return None
+    top, _ = top_class_confidence(outputs[config.logits_output], config.temperature)
+    labels = config.labels
+    return [labels[i] if i < len(labels) else str(i) for i in top.tolist()]
+
+
+def _agreements(item: Mirrored, labels: list[str] | None, outputs: Tensors) -> list[bool]:
+    """Per row: same top label as the control or, without labels, the same outputs."""
+    if labels is not None and item.control_labels is not None:
+        return [a == b for a, b in zip(item.control_labels, labels, strict=False)]
+    return _same_rows(item.control_outputs, outputs)
+
+
+def _same_rows(control: Tensors, shadow: Tensors) -> list[bool]:
+    names: Sequence[str] = [name for name in control if name in shadow]
+    rows = min((len(control[name]) for name in names), default=0)
+    return [
+        all(
+            control[n].shape[1:] == shadow[n].shape[1:]
+            and bool(np.allclose(control[n][row], shadow[n][row], rtol=1e-3, atol=1e-5))
+            for n in names
+        )
+        for row in range(rows)
+    ]
