@@ -18,7 +18,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -28,7 +27,8 @@ from edge_agent.core import AgentCore, LoadedModel
 from edge_agent.escalation import EscalationClient
 from edge_agent.executor import BoundedExecutor
 from edge_agent.recorder import Answered, TelemetryRecorder
-from edgeserve.wire.confidence import confidence_scores
+from edge_agent.routing import BankShelf, Decision, RateController, decide, target_rate
+from edge_agent.routing.metrics import RouterCollector
 from edgeserve.wire.errors import EdgeServeError
 from edgeserve.wire.model_card import RouterPolicy
 from edgeserve.wire.schedule import schedule_policy
@@ -36,21 +36,6 @@ from edgeserve.wire.tensors import InferRequest, InferResponse, InferTensor
 
 log = logging.getLogger(__name__)
 RoutingMode = Literal["escalate", "hard_examples", "local"]
-
-
-@dataclass(frozen=True, slots=True)
-class Decision:
-    """Which rows escalate, and every row's score under the policy."""
-
-    rows: list[int]
-    scores: list[float]
-    top: list[int]
-
-
-def decide(policy: RouterPolicy, logits: Any, temperature: float) -> Decision:
-    top, scores = confidence_scores(logits, temperature, policy.score)
-    rows = [i for i, score in enumerate(scores.tolist()) if score < policy.threshold]
-    return Decision(rows, [round(s, 6) for s in scores.tolist()], top.tolist())
 
 
 class Router:
@@ -73,10 +58,39 @@ class Router:
         # One telemetry record per answered request; off unless something uploads them.
         self.record_requests = record_requests and recorder is not None
         self._overrides: dict[str, RouterPolicy] = {}
+        self._banks = BankShelf(core.store.root)
+        # One rate controller per model, for the policy and version it was made for.
+        self._controllers: dict[str, tuple[RouterPolicy, str, RateController]] = {}
+        self._collector = RouterCollector(self)
+        core.metrics.registry.register(self._collector)
 
     async def close(self) -> None:
+        self.core.metrics.registry.unregister(self._collector)
         if self.escalation is not None:
             await self.escalation.close()
+
+    @property
+    def bank_failures(self) -> int:
+        """Reference banks refused (missing, altered or unreadable) since start."""
+        return self._banks.failures
+
+    def controllers(self) -> dict[str, RateController]:
+        """The live rate controllers, by model (for metrics and the reported state)."""
+        return {name: held[2] for name, held in self._controllers.items()}
+
+    def controller(self, model: LoadedModel, policy: RouterPolicy) -> RateController | None:
+        """The model's rate controller under ``policy``; a new policy or version starts a
+        new one from the policy's threshold."""
+        held = self._controllers.get(model.card.name)
+        if held is not None and held[0] is policy and held[1] == model.version:
+            return held[2]
+        rate = target_rate(policy)
+        if rate is None:
+            self._controllers.pop(model.card.name, None)
+            return None
+        controller = RateController(rate, policy.rate_window, policy.threshold)
+        self._controllers[model.card.name] = (policy, model.version, controller)
+        return controller
 
     def _store(self, kind: str, record: dict[str, Any]) -> None:
         """Queue a record for the outbox; the recorder writes batches off the event loop."""
@@ -156,8 +170,13 @@ class Router:
         if policy is None or self.mode == "local" or not model.card.logits_output:
             return self._finish(key, model, request, local.outputs, local.parameters)
         logits = local.output(model.card.logits_output).data
-        decision = decide(policy, logits, model.card.temperature)
-        answer = dict(local.parameters, confidence=decision.scores, score=policy.score)
+        decision = self._decide(model, policy, request, logits)
+        answer = dict(local.parameters, confidence=decision.scores, score=decision.score)
+        if decision.window_rate is not None:
+            answer |= {
+                "threshold": round(decision.threshold, 6),
+                "window_rate": decision.window_rate,
+            }
         if not decision.rows:
             return self._finish(key, model, request, local.outputs, answer | {"tier": "edge"})
         if self.mode == "hard_examples":
@@ -209,6 +228,14 @@ class Router:
             answer["gateway_ms"] = cloud.parameters["gateway_ms"]
         self._record(model, decision, edge_labels, cloud_labels)
         return self._finish(key, model, request, outputs, answer)
+
+    def _decide(
+        self, model: LoadedModel, policy: RouterPolicy, request: InferRequest, logits: Any
+    ) -> Decision:
+        bank = self._banks.bank(model.card, model.slot) if policy.score == "trust" else None
+        features = request.inputs[0].data if bank is not None and request.inputs else None
+        controller = self.controller(model, policy)
+        return decide(policy, logits, model.card.temperature, features, bank, controller)
 
     def _cloud_request(
         self, model: LoadedModel, request: InferRequest, decision: Decision, policy: RouterPolicy
