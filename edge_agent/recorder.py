@@ -49,6 +49,8 @@ def request_record(answer: Answered) -> dict[str, Any]:
         "degraded": bool(params.get("degraded", False)),
         "cache_hit": bool(params.get("cache_hit", False)),
         "agreement": _agreement(params) if escalated else None,
+        "threshold": params.get("threshold"),
+        "window_rate": params.get("window_rate"),
     }
 
 

@@ -43,6 +43,12 @@ class RequestRecord(BaseModel):
         None, description="share of escalated rows where edge and cloud agreed"
     )
     error: str | None = Field(None, description="error code label if the request failed")
+    threshold: float | None = Field(
+        None, description="router threshold in force, when the device holds a rate"
+    )
+    window_rate: float | None = Field(
+        None, description="escalated share of the device's recent window, when it holds a rate"
+    )
 
 
 class OutboxEntry(BaseModel):
