@@ -1,4 +1,9 @@
-"""ONNX Runtime on the CPU: the agent's default runtime for ``.onnx`` artifacts."""
+"""ONNX Runtime on the CPU: the agent's default runtime for ``.onnx`` artifacts.
+
+A model must be one file: the agent verifies an artifact by one hash, and ONNX Runtime
+would read external data files (``model.onnx.data``) that no hash covered, so such a
+model is refused with the command that makes it one file.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +12,7 @@ from pathlib import Path
 import onnxruntime as ort
 
 from edgeserve.runtimes.base import Arrays, RuntimeOptions
+from edgeserve.runtimes.onnx_files import refuse_external_data
 from edgeserve.wire.errors import InternalError, InvalidInput
 
 
@@ -14,6 +20,7 @@ class OnnxRuntimeSession:
     runtime_name = "onnxruntime"
 
     def __init__(self, path: Path, options: RuntimeOptions) -> None:
+        refuse_external_data(path)
         session_options = ort.SessionOptions()
         session_options.intra_op_num_threads = options.threads
         session_options.inter_op_num_threads = 1

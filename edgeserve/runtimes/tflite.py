@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from edgeserve.extras import MissingExtra
 from edgeserve.runtimes.base import Arrays, RuntimeOptions
 from edgeserve.wire.errors import InternalError, InvalidInput
 
@@ -25,8 +26,9 @@ def interpreter_class() -> Any:
         try:
             from tflite_runtime.interpreter import Interpreter
         except ImportError as exc:
-            raise InternalError(
-                "no TFLite interpreter: install the 'tflite' extra (ai-edge-litert)"
+            raise MissingExtra(
+                "serving a 'tflite' model needs a TFLite interpreter: "
+                "pip install 'edgeserve[tflite]' (ai-edge-litert)"
             ) from exc
     return Interpreter
 
@@ -40,7 +42,7 @@ class TFLiteSession:
                 model_path=str(path), num_threads=options.threads
             )
             self._interpreter.allocate_tensors()
-        except InternalError:
+        except MissingExtra:
             raise
         except Exception as exc:
             raise InternalError(f"TFLite could not load {path.name}: {exc}") from exc
