@@ -36,6 +36,7 @@ from edge_agent.systemd import (
     inference_probe,
     watchdog_interval,
 )
+from edgeserve.extras import require
 from edgeserve.listen import bind
 from edgeserve.logs import configure_logging
 from edgeserve.runtimes import RuntimeOptions
@@ -240,9 +241,18 @@ async def _serve(
         outbox.close()
 
 
+def require_configured_extras(config: AgentConfig) -> None:
+    """Stop before loading anything when a configured feature's extra is not installed."""
+    if config.cloud_target is not None and config.routing_mode == "escalate":
+        require("grpc", "escalation", "escalating to the cloud (cloud_target)")
+    if config.sync_broker is not None:
+        require("paho.mqtt.client", "fleet", "fleet sync (sync_broker)")
+
+
 def run_agent(config: AgentConfig) -> None:
     """Run the agent in the foreground until it is asked to stop."""
     configure_logging(config.log_level, config.log_format)
+    require_configured_extras(config)
     notifier = Notifier.from_environment()
     notifier.status("loading models")
     core = AgentCore.from_config(config)

@@ -116,12 +116,15 @@ def models_calibrate(
 
 
 def main() -> None:
+    from rich.markup import escape  # messages carry [extras] that are not markup
+
+    from edgeserve.extras import MissingExtra
     from edgeserve.listen import CannotListen
 
     try:
         app()
-    except CannotListen as exc:  # the operator's to fix: one line, no traceback
+    except (CannotListen, MissingExtra) as exc:  # the operator's to fix: one line, no traceback
         Console(stderr=True, soft_wrap=True).print(
-            f"[bold red]error:[/] {exc.message}", highlight=False
+            f"[bold red]error:[/] {escape(exc.message)}", highlight=False
         )
         raise SystemExit(1) from None
