@@ -90,8 +90,17 @@ def eval_cascade(
         "docs/eval/cascade"
     ),
     budget_ms: Annotated[float, typer.Option(help="per-request latency budget")] = 250.0,
+    seeds: Annotated[
+        str | None,
+        typer.Option(help="rebuild with these seeds (e.g. 1-30) and score the router offline"),
+    ] = None,
 ) -> None:
     """Edge-only vs cloud-only vs cascade accuracy, escalation rate and latency, with a sweep."""
+    if seeds is not None:
+        from edgeserve.cli.eval_seeds import eval_seeds
+
+        eval_seeds(seeds, out / "seeds")
+        return
     from edgeserve.eval.cascade import run_cascade_eval
 
     run_cascade_eval(out, budget_ms)
