@@ -78,7 +78,8 @@ def experiment_stop(db: Path, name: str, *, console: Console | None = None) -> i
         return _failed(out, exc)
     state = "stopped" if stopped else "was already stopped"
     out.print(
-        f"experiment [bold]{name}[/] {state}; its model's traffic goes to its default version"
+        f"experiment [bold]{name}[/] {state}; its model's unversioned traffic goes to the"
+        " version its [version_policy] serves by default (the newest)"
     )
     return 0
 

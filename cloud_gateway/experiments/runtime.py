@@ -11,7 +11,10 @@ within a tick.
 Where the counts live with ``workers = N``: in each process between flushes, and summed
 in the database (the shared source of truth the decisions and ``experiment show``
 read). A decision is idempotent (``UPDATE ... WHERE stopped IS NULL``), so workers that
-decide at once agree; a stopped arm reaches every worker within a tick.
+decide at once agree; a stopped arm reaches every worker within a tick. An experiment
+whose candidates are all stopped keeps running on the control alone until an operator
+stops it: stopping it by itself would send the traffic to the model's default version,
+which is often the very candidate just condemned (the newest).
 """
 
 from __future__ import annotations
@@ -137,8 +140,6 @@ class Experiments:
                 if store.stop_arm(spec.name, arm.version, reason):
                     log.warning("experiment arm stopped", extra={
                         "experiment": spec.name, "arm": arm.name, "reason": reason})  # fmt: skip
-            if all(arm.stopped is not None for arm in store.get(spec.name).spec.arms[1:]):
-                store.stop(spec.name, "every candidate arm was stopped")
         return store.running()
 
     def _apply(self, running: list[Experiment]) -> None:
