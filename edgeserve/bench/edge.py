@@ -1,8 +1,9 @@
 """``edgeserve bench edge``: what the agent adds over the bare runtime, and what int8 buys.
 
-Four comparisons, each interleaved in one run, batch 1, one runtime thread:
-agent in-process vs raw ``session.run`` (same int8 model); local REST round trip vs raw
-``session.run``; int8 vs fp32 (the edge MLP and a MobileNetV2-sized CNN with random
+Five comparisons, each interleaved in one run, batch 1, one runtime thread:
+agent in-process vs raw ``session.run`` (same int8 model); the router's score (softmax vs
+the trust score's k-NN over the card's bank, with and without the rate controller); local
+REST round trip vs raw ``session.run``; int8 vs fp32 (the edge MLP and a MobileNetV2-sized CNN with random
 weights); ONNX Runtime vs TFLite on the same fp32 MLP.
 """
 
@@ -28,13 +29,16 @@ from edge_agent.config import AgentConfig
 from edge_agent.core import AgentCore
 from edge_agent.executor import BoundedExecutor
 from edge_agent.router import Router
+from edge_agent.routing import RateController, decide
 from edgeserve.artifacts import packaged_artifacts
 from edgeserve.bench.timing import Latencies, interleaved, machine_info
 from edgeserve.processes import agent_process
 from edgeserve.runtimes import RuntimeOptions
 from edgeserve.runtimes.tflite import TFLiteSession
 from edgeserve.wire import oip_rest
+from edgeserve.wire.model_card import ModelCard
 from edgeserve.wire.tensors import InferRequest, InferTensor
+from edgeserve.wire.trust import TrustBank
 from models.data import load_split
 
 Array = npt.NDArray[Any]
@@ -122,6 +126,46 @@ def bench_in_process(
     finally:
         core.close()
         cached.close()
+
+
+def bench_router_score(
+    rows: list[Array], requests: int, progress: Progress
+) -> dict[str, Latencies]:
+    """What the router's score adds per request: deciding one row on its logits with the
+    softmax score, with the trust score (k-NN over the card's bank), and with the trust
+    score under the rate controller, as the agent does after the model has run."""
+    artifacts = packaged_artifacts()
+    card = ModelCard.load(artifacts / "digits-edge.card.json")
+    if card.router is None or card.bank is None:
+        raise RuntimeError("the packaged digits-edge card has no router policy or bank")
+    bank = TrustBank.from_bytes(
+        (artifacts / card.bank.file).read_bytes(), card.bank.sha256, card.bank.k
+    )
+    session = raw_session(artifacts / "digits-edge.onnx")
+    logits = [session.run(["logits"], {"input": row})[0] for row in rows]
+    trust = card.router.model_copy(update={"target_kind": "manual"})
+    softmax = trust.model_copy(update={"score": "max_probability"})
+    held = RateController(0.1, card.router.rate_window or 500, trust.threshold)
+    t = card.temperature
+
+    def softmax_call(i: int) -> object:
+        return decide(softmax, logits[i % len(rows)], t)
+
+    def trust_call(i: int) -> object:
+        return decide(trust, logits[i % len(rows)], t, rows[i % len(rows)], bank)
+
+    def held_call(i: int) -> object:
+        return decide(trust, logits[i % len(rows)], t, rows[i % len(rows)], bank, held)
+
+    return interleaved(
+        {
+            "max-probability score": softmax_call,
+            "trust score (k-NN, bank)": trust_call,
+            "trust score + rate controller": held_call,
+        },
+        requests,
+        progress=progress,
+    )
 
 
 def bench_rest(
@@ -314,6 +358,9 @@ def run_edge_benchmark(requests: int, out: Path, mobilenet: bool) -> dict[str, A
         workdir = Path(tmp)
         results = bench_in_process(rows, requests, workdir, progress)
         report.add("in_process", "agent in-process, int8 MLP batch 1", results, raw)
+        results = bench_router_score(rows, requests, progress)
+        title = f"router score per request, bank of {_bank_rows()} digits"
+        report.add("router_score", title, results, "max-probability score")
         results = bench_rest(rows, requests, workdir, progress)
         report.add("rest", "REST round trip vs session.run", results, raw)
         results, quality = bench_int8_edge(rows, x, y, requests, progress)
@@ -327,6 +374,11 @@ def run_edge_benchmark(requests: int, out: Path, mobilenet: bool) -> dict[str, A
         report.add("ort_vs_tflite", title, results, "raw ONNX Runtime fp32", quality)
     report.write(out)
     return report.document
+
+
+def _bank_rows() -> int:
+    card = ModelCard.load(packaged_artifacts() / "digits-edge.card.json")
+    return card.bank.rows if card.bank is not None else 0
 
 
 def _plot(groups: dict[str, dict[str, Latencies]], path: Path) -> None:
