@@ -106,12 +106,23 @@ def eval_cascade(
     run_cascade_eval(out, budget_ms)
 
 
+@eval_app.command("rate-hold")
+def eval_rate_hold(
+    out: Annotated[Path, typer.Option(help="folder for the JSON")] = Path("docs/eval/rate_hold"),
+    stream_seeds: Annotated[int, typer.Option(help="resampled streams per case")] = 5,
+) -> None:
+    """Whether the device holds 5/10/20% escalation on clean, noisy and blurred digits."""
+    from edgeserve.cli.eval_rate import eval_rate_hold as run
+
+    run(out, stream_seeds)
+
+
 @models_app.command("calibrate")
 def models_calibrate(
     folder: Annotated[Path | None, typer.Option(help="artifacts folder")] = None,
     model: str = "digits-edge",
     cloud_model: str = "digits-cloud",
-    score: Annotated[str, typer.Option(help="max_probability | margin | entropy")] = (
+    score: Annotated[str, typer.Option(help="max_probability | margin | entropy | trust")] = (
         "max_probability"
     ),
     target: Annotated[str, typer.Option(help="escalation_rate | accuracy")] = "escalation_rate",
