@@ -95,6 +95,12 @@ def edge_figures(sections: dict[str, Any]) -> list[Figure]:
         Figure("int8 edge MLP p50", int8, "µs", "fp32", fp32, "≤ 0.5x (2x faster)",
                int8 <= 0.5 * fp32),
     ]  # fmt: skip
+    if "router_score" in sections:
+        softmax = p50("router_score", "max-probability score")
+        trust = p50("router_score", "trust score (k-NN, bank)")
+        figures.append(Figure("router trust score p50 (k-NN over the digits bank)", trust, "µs",
+                              "max-probability score", softmax, "≤ +20 µs",
+                              trust - softmax <= 20))  # fmt: skip
     if "int8_mobilenet" in sections:
         fp32, int8 = (
             p50("int8_mobilenet", "MobileNetV2 fp32"),
