@@ -13,12 +13,13 @@ on the same port. ``deploy/mosquitto/`` holds the production counterpart.
 from edgeserve.broker.acl import SERVICE_USER, may_publish, may_subscribe, render_acl
 from edgeserve.broker.config import MosquittoConfig, render_mosquitto_conf
 from edgeserve.broker.embedded import EmbeddedBroker, start_broker
-from edgeserve.broker.enrollment import BrokerCredentials, BrokerSetup
+from edgeserve.broker.enrollment import PROBE_USER, BrokerCredentials, BrokerSetup
 from edgeserve.broker.mosquitto import MosquittoProcess, find_mosquitto
 from edgeserve.broker.passwords import hash_password, verify_password
 from edgeserve.broker.process import BrokerFailed, BrokerProcess, probe
 
 __all__ = [
+    "PROBE_USER",
     "SERVICE_USER",
     "BrokerCredentials",
     "BrokerFailed",

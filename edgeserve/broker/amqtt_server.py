@@ -6,8 +6,9 @@ run the demo. amqtt's own plugins are loaded from package entry points and its f
 authentication expects passlib hashes, so instead this module subclasses the broker and
 answers its two questions itself — may this client log in, may it use this topic — with
 the same password file (``passwords.verify_password``) and the same rules
-(``acl.may_publish``/``may_subscribe``) as Mosquitto. What it cannot match is said in
-``EmbeddedBroker``'s docstring.
+(``acl.may_publish``/``may_subscribe``) as Mosquitto, and takes a client's id from its
+username as Mosquitto's ``use_username_as_clientid`` does. What it cannot match is said
+in ``EmbeddedBroker``'s docstring.
 """
 
 from __future__ import annotations
@@ -21,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from amqtt.broker import Action, Broker  # type: ignore[import-untyped]
+from amqtt.errors import AMQTTError, MQTTError  # type: ignore[import-untyped]
+from amqtt.mqtt.protocol.broker_handler import (  # type: ignore[import-untyped]
+    BrokerProtocolHandler,
+)
 
 from edgeserve.broker import passwords
 from edgeserve.broker.acl import may_publish, may_subscribe
@@ -45,7 +50,39 @@ class EdgeserveAmqttBroker(Broker):  # type: ignore[misc]
         self._users = passwords.read_password_file(self.setup.password_file)
         log.info("%s %d users", RELOAD_MARKER.decode(), len(self._users))
 
-    async def _authenticate(self, session: Any, listener: dict[str, Any]) -> bool:
+    async def _initialize_client_session(
+        self, reader: Any, writer: Any, remote_address: str, remote_port: int
+    ) -> tuple[Any, Any]:
+        """Read the CONNECT, check the password, then use the username as the client id.
+
+        amqtt looks a session up by the id the client asked for (and, for a clean
+        session, deletes the one it finds) before it authenticates: a client naming
+        itself after another device would cut that device off and drop its session.
+        Checking first and taking the id from the username leaves every client only its
+        own session, whatever id it sends.
+        """
+        try:
+            handler, session = await BrokerProtocolHandler.init_from_connect(
+                reader, writer, self.plugins_manager
+            )
+        except MQTTError:
+            await writer.close()
+            raise
+        if not self._password_ok(session):
+            await writer.close()
+            raise AMQTTError(f"refused {session.username!r} from {remote_address}")
+        session.client_id = session.username
+        if session.clean_session:
+            await self._delete_session(session.client_id)
+            session.parent = 0
+        elif session.client_id in self._sessions:
+            session, _ = self._sessions[session.client_id]
+            session.parent = 1
+        else:
+            session.parent = 0
+        return handler, session
+
+    def _password_ok(self, session: Any) -> bool:
         username, password = session.username, session.password
         stored = self._users.get(username or "")
         if stored is None or password is None:
@@ -53,6 +90,12 @@ class EdgeserveAmqttBroker(Broker):  # type: ignore[misc]
             return False
         if not passwords.verify_password(str(password), stored):
             log.info("refused %r: wrong password", username)
+            return False
+        return True
+
+    async def _authenticate(self, session: Any, listener: dict[str, Any]) -> bool:
+        username = session.username
+        if not self._password_ok(session):
             return False
         if session.will_flag and not may_publish(
             username, session.will_topic or "", self.setup.service_users

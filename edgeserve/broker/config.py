@@ -3,8 +3,11 @@
 Tests, the demo and ``deploy/mosquitto/mosquitto.conf`` share these choices: a single
 TLS listener that demands a client certificate signed by our CA *and* a password (the
 certificate keeps strangers off the port, the password names the user the ACL applies
-to), no anonymous access, persistence on, and limits that let a 64 KiB update chunk
-through while a client sending a 100 MB packet of garbage is disconnected. The password
+to), no anonymous access, the MQTT client id taken from the username
+(``use_username_as_clientid``: a client cannot name itself after another device or the
+sync service and so take over its connection, last will or persistent session),
+persistence on, and limits that let a 64 KiB update chunk through while a client sending
+a 100 MB packet of garbage is disconnected. The password
 file and the ACL file are rendered by ``passwords`` and ``acl``.
 """
 
@@ -87,6 +90,9 @@ def render_mosquitto_conf(config: MosquittoConfig) -> str:
         "require_certificate true",
         # The certificate admits a client, the password says who it is: both are needed.
         "use_identity_as_username false",
+        # Identity comes from the credentials, never from the client id a client asks for.
+        # A listener option: above the first `listener` line it would open port 1883.
+        "use_username_as_clientid true",
     ]
     if config.run_as:
         lines.insert(1, f"user {config.run_as}")

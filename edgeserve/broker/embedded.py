@@ -13,7 +13,7 @@ import logging
 import sys
 from typing import Literal
 
-from edgeserve.broker.enrollment import BrokerSetup
+from edgeserve.broker.enrollment import PROBE_USER, BrokerSetup
 from edgeserve.broker.mosquitto import MosquittoProcess, find_mosquitto
 from edgeserve.broker.process import BrokerProcess
 
@@ -41,7 +41,7 @@ class EmbeddedBroker(BrokerProcess):
     def __init__(self, setup: BrokerSetup) -> None:
         super().__init__(
             [sys.executable, "-m", "edgeserve.broker.amqtt_server", str(setup.directory)],
-            probe_as=setup.address(setup.service_users[0]),
+            probe_as=setup.address(PROBE_USER),
             log_file=setup.log_file,
         )
         self.setup = setup

@@ -7,8 +7,11 @@ In production a device enrolls with ``enroll``: it sends a certificate signing r
 (its private key never leaves it), gets back a certificate signed by the CA and a fresh
 password, and nothing but the password's hash stays on the broker host. Device ids are
 checked with the topic tree's own rule (one topic level, no wildcards) before they reach
-a certificate, a file name or an ACL pattern. Adding a device reloads any broker started
-from this setup.
+a certificate, a file name or an ACL pattern, and names starting ``edgeserve-`` are kept
+for the project's own users: the sync service and ``PROBE_USER``, the login a broker
+started from this setup is checked with (the broker takes a client's id from its
+username, so probing as the sync service would push the live sync service off). Adding a
+device reloads any broker started from this setup.
 """
 
 from __future__ import annotations
@@ -29,6 +32,9 @@ from edgeserve.mqtt import BrokerAddress
 from edgeserve.security.pki import CertPaths, DevPki, issue_client_cert, sign_device_csr
 from edgeserve.wire.errors import InvalidInput, ModelNotFound
 from edgeserve.wire.topics import check_device_id
+
+PROBE_USER = "edgeserve-probe"
+RESERVED_PREFIX = "edgeserve-"
 
 
 @dataclass(frozen=True, slots=True)
@@ -119,7 +125,7 @@ class BrokerSetup:
             directory_.mkdir(parents=True, exist_ok=True, mode=0o700)
         setup._write_config()
         entries = passwords.read_password_file(setup.password_file)
-        for user in [*setup.service_users, *devices]:
+        for user in [PROBE_USER, *setup.service_users, *devices]:
             setup._check_username(user)
             if not setup._has_credentials(user, entries):
                 entries[user] = setup._new_password(user)
@@ -247,6 +253,8 @@ class BrokerSetup:
         self._check_username(device_id)
         if device_id in self.service_users:
             raise InvalidInput(f"{device_id!r} is a service user, not a device")
+        if device_id.startswith(RESERVED_PREFIX):
+            raise InvalidInput(f"device ids starting {RESERVED_PREFIX!r} are reserved for services")
 
     def _store_password_hash(self, username: str, password_hash: str) -> None:
         """Write ``username``'s hash into the password file; running brokers reload."""

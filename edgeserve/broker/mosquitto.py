@@ -11,7 +11,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from edgeserve.broker.enrollment import BrokerSetup
+from edgeserve.broker.enrollment import PROBE_USER, BrokerSetup
 from edgeserve.broker.process import BrokerProcess
 
 # Debian installs the broker in sbin, which is not on an unprivileged user's PATH.
@@ -31,7 +31,7 @@ def find_mosquitto() -> Path | None:
 
 
 class MosquittoProcess(BrokerProcess):
-    """``mosquitto -c <setup.config_path>``; ready once the first service user logs in."""
+    """``mosquitto -c <setup.config_path>``; ready once ``PROBE_USER`` logs in."""
 
     kind = "mosquitto"
 
@@ -41,7 +41,7 @@ class MosquittoProcess(BrokerProcess):
             raise FileNotFoundError("mosquitto is not installed (apt-get install mosquitto)")
         super().__init__(
             [str(executable), "-c", str(setup.config_path)],
-            probe_as=setup.address(setup.service_users[0]),
+            probe_as=setup.address(PROBE_USER),
             log_file=setup.log_file,
         )
         self.setup = setup

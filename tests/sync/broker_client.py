@@ -34,6 +34,7 @@ class BrokerClient:
         *,
         mqtt5: bool = True,
         will: tuple[str, bytes] | None = None,
+        clean_session: bool = True,
     ) -> None:
         self.address = address
         protocol = paho.MQTTv5 if mqtt5 else paho.MQTTv311
@@ -41,6 +42,7 @@ class BrokerClient:
             CallbackAPIVersion.VERSION2,
             client_id=client_id or f"test-{secrets.token_hex(4)}",
             protocol=protocol,
+            clean_session=None if mqtt5 else clean_session,
         )
         if address.username is not None:
             self.client.username_pw_set(address.username, address.password)
@@ -101,6 +103,16 @@ class BrokerClient:
     def wait_disconnected(self, timeout: float = 10.0) -> str:
         _, reason = self._next_event({"disconnect"}, timeout)
         return str(reason)
+
+    def disconnects_seen(self) -> int:
+        """How many times the broker has cut this client off so far (does not wait)."""
+        seen = 0
+        while True:
+            try:
+                kind, _ = self._events.get_nowait()
+            except queue.Empty:
+                return seen
+            seen += kind == "disconnect"
 
     def disconnect_with_will(self) -> None:
         """End the session as a crash would, as far as the will goes (MQTT 5 reason 0x04)."""
