@@ -155,6 +155,7 @@ def summarise(results: list[SeedResult]) -> dict[str, Any]:
         "seeds": [r.seed for r in results],
         "cloud_accuracy": _stat(cloud),
         "edge_accuracy": _stat(np.array([r.edge_accuracy for r in results])),
+        "trust_weights": [r.trust_weight for r in results],
         "scores": {},
     }
     for score in SCORES:
