@@ -69,6 +69,16 @@ def _cascade_run(
         f"escalation overhead (gRPC round trip minus gateway time) p50 "
         f"{run.overhead_p50_ms:.2f} ms"
     )
+    label = f'{{model="{MODEL}"}}'
+    target = client.metric(f"edgeserve_agent_router_target_rate{label}")
+    if target:
+        # The card's threshold was only the start: the agent tracks the live score quantile.
+        console.print(
+            f"held rate: target {target:.0%}, realised over the agent's window "
+            f"{client.metric(f'edgeserve_agent_router_escalation_rate{label}'):.1%}, threshold "
+            f"moved from {threshold:.4f} to "
+            f"{client.metric(f'edgeserve_agent_router_threshold{label}'):.4f} (no labels used)"
+        )
 
 
 def _kill_and_recover(
