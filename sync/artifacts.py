@@ -123,11 +123,17 @@ class ArtifactStore:
             return None
         return self._read_doc("specs", update_id, PayloadSpec)
 
-    def remember_delta(self, base_sha: str | None, new_sha: str, payload: CachedPayload) -> None:
-        self._write_doc("deltas", _delta_key(base_sha, new_sha), payload)
+    def remember_delta(
+        self, base_sha: str | None, new_sha: str, payload: CachedPayload, tensor_format: int = 1
+    ) -> None:
+        self._write_doc("deltas", _delta_key(base_sha, new_sha, tensor_format), payload)
 
-    def cached_delta(self, base_sha: str | None, new_sha: str) -> CachedPayload | None:
-        cached = self._read_doc("deltas", _delta_key(base_sha, new_sha), CachedPayload)
+    def cached_delta(
+        self, base_sha: str | None, new_sha: str, tensor_format: int = 1
+    ) -> CachedPayload | None:
+        """The payload built for this pair for agents that apply ``tensor_format``."""
+        key = _delta_key(base_sha, new_sha, tensor_format)
+        cached = self._read_doc("deltas", key, CachedPayload)
         if cached is None or not self.payload_path(cached.sha256).is_file():
             return None
         return cached
@@ -184,8 +190,11 @@ class _Temporary:
         self.path.unlink(missing_ok=True)
 
 
-def _delta_key(base_sha: str | None, new_sha: str) -> str:
-    return f"{check_sha256(base_sha) if base_sha else 'full'}-{check_sha256(new_sha)}"
+def _delta_key(base_sha: str | None, new_sha: str, tensor_format: int) -> str:
+    """Format 1 keeps the key of the stores written before format 2 existed; a full
+    payload is the same whatever the agent applies."""
+    key = f"{check_sha256(base_sha) if base_sha else 'full'}-{check_sha256(new_sha)}"
+    return key if base_sha is None or tensor_format == 1 else f"{key}-f{tensor_format}"
 
 
 def _read(path: Path, what: str) -> bytes:

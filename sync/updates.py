@@ -2,11 +2,17 @@
 
 The payload is chosen per device: a delta against the artifact the device *reports*
 running when the store has that artifact (``wire.delta.build_payload`` keeps the delta
-only when it is smaller than the full zstd), else the full artifact. A payload is built
-once per (base, new) pair and stored content-addressed, so a thousand devices on the same
-base share one file. The manifest lists each chunk's sha256, is signed with the operator
-key, and replaces that model's entry in the device's ``DesiredState`` under a new
-revision; ``registry.record_issue`` is what later lets the device fetch the chunks.
+only when it is smaller than the full zstd), else the full artifact, in the newest
+tensor-delta format the device's agent release applies (``tensor_format_for``). A
+payload is built once per (base, new, format) and stored content-addressed, so a
+thousand devices on the same base share one file. With ``builds`` (the service), a
+payload not yet in the store is built in a worker process: ``issue`` raises
+``BuildPending`` and remembers the device, and ``issue_waiting`` (called on the core's
+tick) issues every update whose payload has since been built.
+
+The manifest lists each chunk's sha256, is signed with the operator key, and replaces
+that model's entry in the device's ``DesiredState`` under a new revision;
+``registry.record_issue`` is what later lets the device fetch the chunks.
 """
 
 from __future__ import annotations
@@ -20,10 +26,13 @@ from dataclasses import dataclass
 
 from edgeserve.security.signing import OperatorKey
 from edgeserve.wire import topics
-from edgeserve.wire.errors import ModelNotFound
+from edgeserve.wire.delta import tensor_format_for
+from edgeserve.wire.errors import EdgeServeError, IntegrityError, ModelNotFound
 from edgeserve.wire.manifest import PayloadSpec, SelfTest, SignedManifest, UpdateManifest
 from edgeserve.wire.sync_messages import DesiredState
 from sync.artifacts import ArtifactStore, CachedPayload
+from sync.builds import BuildKey, BuildPending, PayloadBuilds, build_into_store
+from sync.metrics import SyncMetrics
 from sync.registry import Registry
 from sync.views import VersionRow
 
@@ -42,6 +51,16 @@ class Outgoing:
 
 def desired_message(state: DesiredState) -> Outgoing:
     return Outgoing(topics.desired(state.device_id), state.to_bytes(), retain=True)
+
+
+@dataclass(frozen=True, slots=True)
+class Waiting:
+    """An update that waits for its payload's build."""
+
+    device_id: str
+    model: str
+    version: str
+    rollback: bool
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +86,7 @@ class UpdateIssuer:
         chunk_size: int,
         manifest_ttl_s: float,
         clock: Callable[[], float] = time.time,
+        builds: PayloadBuilds | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -74,11 +94,23 @@ class UpdateIssuer:
         self.chunk_size = chunk_size
         self.manifest_ttl_s = manifest_ttl_s
         self.clock = clock
+        self.builds = builds
+        self._waiting: dict[BuildKey, list[Waiting]] = {}
+        self._failed: set[BuildKey] = set()
 
     def issue(self, device_id: str, model: str, version: str, rollback: bool = False) -> Issued:
-        """Sign ``model@version`` for ``device_id`` and make it that device's desire."""
+        """Sign ``model@version`` for ``device_id`` and make it that device's desire.
+
+        Raises BuildPending when the payload is being built in the worker (the update
+        is then issued by :meth:`issue_waiting`).
+        """
         target = self._version(model, version)
-        spec = self._payload_for(device_id, target)
+        try:
+            spec = self._payload_for(device_id, target)
+        except BuildPending as pending:
+            waiting = self._waiting.setdefault(pending.key, [])
+            waiting.append(Waiting(device_id, model, version, rollback))
+            raise
         now = self.clock()
         manifest = UpdateManifest(
             model=model,
@@ -109,6 +141,37 @@ class UpdateIssuer:
         )
         return Issued(state, spec)
 
+    def issue_waiting(self, metrics: SyncMetrics) -> list[Outgoing]:
+        """Issue every update whose payload build finished since the last call.
+
+        A failed build is not retried: its devices get the full payload instead.
+        """
+        if self.builds is None:
+            return []
+        out = []
+        for finished in self.builds.finished():
+            if finished.payload is None:
+                self._failed.add(finished.key)
+            for waiting in self._waiting.pop(finished.key, []):
+                try:
+                    issued = self.issue(
+                        waiting.device_id, waiting.model, waiting.version, waiting.rollback
+                    )
+                except EdgeServeError as exc:
+                    metrics.rejected.labels("issue", exc.code.label).inc()
+                    log.warning(
+                        "could not issue update",
+                        extra={"device": waiting.device_id, "reason": exc.message},
+                    )
+                    continue
+                metrics.issued.labels(issued.spec.encoding).inc()
+                out.append(issued.message)
+        return out
+
+    def close(self) -> None:
+        if self.builds is not None:
+            self.builds.close()
+
     def refresh_expiring(self, margin_s: float) -> list[Issued]:
         """Re-sign every desired manifest that expires within ``margin_s``.
 
@@ -134,9 +197,12 @@ class UpdateIssuer:
 
     def _payload_for(self, device_id: str, target: VersionRow) -> PayloadSpec:
         base_version, base_sha = self._base(device_id, target)
-        cached = self.store.cached_delta(base_sha, target.sha256)
+        tensor_format = self._tensor_format(device_id)
+        if (base_sha, target.sha256, tensor_format) in self._failed:
+            base_version, base_sha = None, None
+        cached = self.store.cached_delta(base_sha, target.sha256, tensor_format)
         if cached is None:
-            cached = self._build(base_sha, target.sha256)
+            cached = self._build((base_sha, target.sha256, tensor_format))
         if cached.encoding == "zstd":
             base_version, base_sha = None, None
         # Every device on the same base gets the same payload: hash its chunks once.
@@ -165,18 +231,20 @@ class UpdateIssuer:
             return None, None
         return running.version, running.sha256
 
-    def _build(self, base_sha: str | None, new_sha: str) -> CachedPayload:
-        from edgeserve.wire.delta import build_payload
+    def _tensor_format(self, device_id: str) -> int:
+        device = self.registry.device(device_id)
+        return tensor_format_for(device.agent_version if device is not None else "")
 
-        base = self.store.read_artifact(base_sha) if base_sha else None
-        payload = build_payload(self.store.read_artifact(new_sha), base)
-        cached = CachedPayload(
-            encoding=payload.encoding,
-            sha256=self.store.put_payload(payload.data),
-            size=len(payload.data),
+    def _build(self, key: BuildKey) -> CachedPayload:
+        if self.builds is None:
+            return build_into_store(self.store, key)
+        if key in self._failed:
+            raise IntegrityError(f"no payload could be built for artifact {key[1][:12]}")
+        self.builds.start(key)
+        raise BuildPending(
+            f"payload for artifact {key[1][:12]} is being built; the update follows when it is",
+            key,
         )
-        self.store.remember_delta(base_sha, new_sha, cached)
-        return cached
 
     def _chunk_hashes(self, payload_sha: str) -> list[str]:
         data = self.store.read_payload(payload_sha)

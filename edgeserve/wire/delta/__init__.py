@@ -37,6 +37,7 @@ __all__ = [
     "TENSOR_DELTA_2_SINCE",
     "TENSOR_ENCODINGS",
     "Payload",
+    "Progress",
     "apply_payload",
     "build_payload",
     "candidates",
@@ -69,15 +70,34 @@ def tensor_format_for(agent_version: str) -> int:
     return 2 if release >= version_key(TENSOR_DELTA_2_SINCE) else 1
 
 
-def candidates(new: bytes, base: bytes | None, tensor_format: int = LATEST) -> list[Payload]:
+Progress = Callable[[str, int, int], None]
+
+
+def _silent(stage: str, done: int, total: int) -> None:
+    pass
+
+
+def _stages(base: bytes | None) -> int:
+    """Stages of a build: each encoding that applies, then the verification."""
+    return (3 if base else 1) + 1
+
+
+def candidates(
+    new: bytes, base: bytes | None, tensor_format: int = LATEST, progress: Progress = _silent
+) -> list[Payload]:
     """Every encoding of ``new`` that applies to this base, unverified, in a fixed order.
 
-    ``tensor_format`` is the newest tensor-delta format the receiving agent applies.
+    ``tensor_format`` is the newest tensor-delta format the receiving agent applies;
+    ``progress(stage, done, total)`` is called before each encoding is built.
     """
+    total = _stages(base)
+    progress("zstd", 0, total)
     found = [Payload("zstd", zstd_codec.compress(new))]
     if not base:
         return found
+    progress("zstd-patch", 1, total)
     found.append(Payload("zstd-patch", zstd_codec.compress(new, base)))
+    progress(TENSOR_ENCODINGS[tensor_format], 2, total)
     try:
         data = build_tensor_delta(new, base, tensor_format)
     except NotOnnx as exc:
@@ -87,13 +107,18 @@ def candidates(new: bytes, base: bytes | None, tensor_format: int = LATEST) -> l
     return found
 
 
-def build_payload(new: bytes, base: bytes | None, tensor_format: int = LATEST) -> Payload:
+def build_payload(
+    new: bytes, base: bytes | None, tensor_format: int = LATEST, progress: Progress = _silent
+) -> Payload:
     """The smallest payload that rebuilds ``new`` (from ``base`` when it is a delta).
 
     Each candidate is applied once before it is chosen, so a codec bug can only cost
     size (the full zstd payload is the last resort), never ship a broken update.
+    ``progress(stage, done, total)`` hears each stage: the encodings, then "verify".
     """
-    for payload in sorted(candidates(new, base, tensor_format), key=lambda p: len(p.data)):
+    found = candidates(new, base, tensor_format, progress)
+    progress("verify", _stages(base) - 1, _stages(base))
+    for payload in sorted(found, key=lambda p: len(p.data)):
         try:
             if apply_payload(payload.encoding, payload.data, base, len(new)) == new:
                 return payload
