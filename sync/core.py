@@ -21,6 +21,7 @@ from edgeserve.security.signing import ensure_operator_key
 from edgeserve.wire.errors import UpdateRefused
 from edgeserve.wire.model_card import ModelCard
 from sync.artifacts import ArtifactStore
+from sync.builds import PayloadBuilds
 from sync.config import SyncConfig
 from sync.handlers import HandlerContext, dispatch, issue_assignments
 from sync.ingest import fleet_summary
@@ -49,7 +50,12 @@ class SyncCore:
         self.store = artifact_store(config)
         key = ensure_operator_key(config.keys_dir)
         issuer = UpdateIssuer(
-            self.registry, self.store, key, config.chunk_size, config.manifest_ttl_s
+            self.registry,
+            self.store,
+            key,
+            config.chunk_size,
+            config.manifest_ttl_s,
+            builds=PayloadBuilds(self.store.root),
         )
         self.controller = RolloutController(self.registry)
         self.ctx = HandlerContext(
@@ -71,6 +77,7 @@ class SyncCore:
 
     def tick(self) -> None:
         self._send(issue_assignments(self.ctx, self.controller.tick()))
+        self._send(self.ctx.issuer.issue_waiting(self.metrics))  # payloads built meanwhile
         self.metrics.set_rollout_states(Counter(row.state for row in self.registry.rollouts()))
         self.metrics.devices_online.set(self.registry.count_online())
         now = time.monotonic()
@@ -119,6 +126,7 @@ class SyncCore:
         return fleet_summary(self.registry, model)
 
     def close(self) -> None:
+        self.ctx.issuer.close()
         self.registry.close()
 
     def _send(self, messages: Iterable[Outgoing]) -> None:
