@@ -1,14 +1,16 @@
 """Payload schemas of the small JSON messages on the MQTT tree (see ``wire.topics``).
 
 Every message carries a ``schema`` id with a version; a receiver rejects a schema it does
-not know with a precise error instead of guessing. Telemetry batches live in
-``wire.telemetry``, update manifests in ``wire.manifest``; ``docs/sync-protocol.md``
-documents all of them.
+not know with a precise error instead of guessing. Every number a message carries is
+bounded (counts and revisions to 2^53 - 1, exact in JSON and in an SQLite INTEGER; times
+finite and not negative), so no device can hand the sync service a value it cannot
+store. Telemetry batches live in ``wire.telemetry``, update manifests in
+``wire.manifest``; ``docs/sync-protocol.md`` documents all of them.
 """
 
 from __future__ import annotations
 
-from typing import Literal, TypeVar
+from typing import Annotated, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -18,6 +20,13 @@ from edgeserve.wire.model_card import RouterPolicy
 
 MAX_MESSAGE_BYTES = 1 << 20
 MAX_CHUNK_REQUEST = 4096
+MAX_COUNT = 2**53 - 1
+MAX_REVISION = MAX_COUNT
+MAX_CHUNK_INDEX = 2**31 - 1
+
+Count = Annotated[int, Field(ge=0, le=MAX_COUNT)]
+Seconds = Annotated[float, Field(ge=0.0, allow_inf_nan=False)]
+ChunkIndex = Annotated[int, Field(ge=0, le=MAX_CHUNK_INDEX)]
 
 UpdateStage = Literal["verify", "download", "rebuild", "stage", "self_test", "activate", "done"]
 
@@ -36,7 +45,7 @@ class DeviceStatus(_Message):
     device_id: str
     online: bool
     agent_version: str = ""
-    ts: float = 0.0
+    ts: Seconds = 0.0
 
 
 class DesiredState(_Message):
@@ -49,10 +58,10 @@ class DesiredState(_Message):
 
     schema_id: Literal["edgeserve.desired/1"] = Field("edgeserve.desired/1", alias="schema")
     device_id: str
-    revision: int = Field(ge=0)
+    revision: int = Field(ge=0, le=MAX_REVISION)
     models: dict[str, SignedManifest] = Field(default_factory=dict)
     router: dict[str, RouterPolicy | None] = Field(default_factory=dict)
-    issued_at: float = 0.0
+    issued_at: Seconds = 0.0
 
 
 class RunningModel(_Message):
@@ -67,8 +76,8 @@ class UpdateProgress(_Message):
     version: str
     update_id: str
     stage: UpdateStage
-    received_chunks: int = 0
-    total_chunks: int = 0
+    received_chunks: Count = 0
+    total_chunks: Count = 0
     reason: str = ""
 
 
@@ -80,13 +89,13 @@ class ReportedState(_Message):
     agent_version: str = ""
     group: str = "default"
     labels: dict[str, str] = Field(default_factory=dict)
-    desired_revision: int = -1
+    desired_revision: int = Field(-1, ge=-1, le=MAX_REVISION)
     models: dict[str, RunningModel] = Field(default_factory=dict)
     updates: dict[str, UpdateProgress] = Field(default_factory=dict)
     router: dict[str, RouterPolicy] = Field(default_factory=dict)
-    outbox_pending: int = 0
-    outbox_dropped: int = 0
-    ts: float = 0.0
+    outbox_pending: Count = 0
+    outbox_dropped: Count = 0
+    ts: Seconds = 0.0
 
 
 class ChunkRequest(_Message):
@@ -97,7 +106,7 @@ class ChunkRequest(_Message):
     )
     model: str
     version: str
-    missing: list[int] = Field(max_length=MAX_CHUNK_REQUEST)
+    missing: list[ChunkIndex] = Field(max_length=MAX_CHUNK_REQUEST)
 
 
 class UpdateResult(_Message):
@@ -114,15 +123,17 @@ class UpdateResult(_Message):
     stage: UpdateStage
     reason: str = ""
     running_version: str = Field(description="what the device serves after this attempt")
-    duration_s: float = 0.0
-    ts: float = 0.0
+    duration_s: Seconds = 0.0
+    ts: Seconds = 0.0
 
 
 class TelemetryAck(_Message):
     schema_id: Literal["edgeserve.telemetry-ack/1"] = Field(
         "edgeserve.telemetry-ack/1", alias="schema"
     )
-    acked_seq: int = Field(ge=0, description="every record with seq <= this is stored")
+    acked_seq: int = Field(
+        ge=0, le=MAX_COUNT, description="every record with seq <= this is stored"
+    )
 
 
 M = TypeVar("M", bound=BaseModel)

@@ -21,6 +21,8 @@ from edgeserve.wire.sync_messages import decode
 BATCH_SCHEMA = "edgeserve.telemetry/1"
 MAX_BATCH_COMPRESSED = 1 << 20
 MAX_BATCH_DECOMPRESSED = 16 << 20
+# Exact in JSON and in an SQLite INTEGER: no device can send a number we cannot store.
+MAX_COUNT = 2**53 - 1
 
 RecordKind = Literal["request", "escalation", "hard_example"]
 
@@ -32,9 +34,11 @@ class RequestRecord(BaseModel):
 
     model: str
     version: str
-    latency_ms: float = Field(ge=0)
-    rows: int = Field(1, ge=1)
-    confidence: float | None = Field(None, description="lowest row confidence, if scored")
+    latency_ms: float = Field(ge=0, allow_inf_nan=False)
+    rows: int = Field(1, ge=1, le=MAX_COUNT)
+    confidence: float | None = Field(
+        None, allow_inf_nan=False, description="lowest row confidence, if scored"
+    )
     tier: Literal["edge", "cloud", "mixed"] = "edge"
     escalated: bool = False
     degraded: bool = False
@@ -54,9 +58,9 @@ class RequestRecord(BaseModel):
 class OutboxEntry(BaseModel):
     model_config = ConfigDict(frozen=True)
 
-    seq: int = Field(gt=0)
+    seq: int = Field(gt=0, le=MAX_COUNT)
     kind: RecordKind
-    created: float
+    created: float = Field(ge=0, allow_inf_nan=False)
     data: dict[str, Any]
 
 
@@ -65,9 +69,11 @@ class TelemetryBatch(BaseModel):
 
     schema_id: Literal["edgeserve.telemetry/1"] = Field("edgeserve.telemetry/1", alias="schema")
     device_id: str
-    from_seq: int = Field(ge=0, description="every seq <= this was acknowledged or dropped")
-    to_seq: int = Field(ge=0, description="the last seq this batch covers")
-    dropped: int = Field(0, ge=0, description="records the device dropped, all time")
+    from_seq: int = Field(
+        ge=0, le=MAX_COUNT, description="every seq <= this was acknowledged or dropped"
+    )
+    to_seq: int = Field(ge=0, le=MAX_COUNT, description="the last seq this batch covers")
+    dropped: int = Field(0, ge=0, le=MAX_COUNT, description="records the device dropped, all time")
     records: list[OutboxEntry]
 
 
