@@ -12,10 +12,13 @@ import pytest
 from edge_agent.config import AgentConfig
 from edge_agent.core import AgentCore
 from edge_agent.executor import BoundedExecutor
+from edge_agent.recorder import Answered, request_record
 from edge_agent.router import Router
 from edgeserve.artifacts import packaged_artifacts
 from edgeserve.wire.errors import IntegrityError
 from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard, RouterPolicy
+from edgeserve.wire.sync_messages import DesiredState
+from edgeserve.wire.telemetry import RequestRecord
 from edgeserve.wire.tensors import InferRequest, InferResponse, InferTensor
 from edgeserve.wire.trust import trust_scores
 from models.bank import load_bank
@@ -116,6 +119,29 @@ def test_a_rate_target_override_holds_the_rate_and_exports_it(core, router):
 def test_answers_under_a_held_rate_report_the_threshold_and_window_rate(router):
     answer = _ask(router, _test_digits(1))
     assert {"threshold", "window_rate"} <= set(answer.parameters)
+
+
+def test_telemetry_records_carry_the_threshold_and_window_rate(router):
+    answer = _ask(router, _test_digits(1))
+    record = RequestRecord.model_validate(
+        request_record(Answered(MODEL, "1", 0.001, 1, answer.parameters))
+    )
+    assert record.threshold == answer.parameters["threshold"]
+    assert record.window_rate == answer.parameters["window_rate"]
+
+
+def test_a_held_rate_policy_survives_the_sync_desired_state_unchanged():
+    policy = RouterPolicy(
+        score="trust",
+        threshold=0.96,
+        target_kind="accuracy",
+        target_value=0.985,
+        trust_weight=0.4,
+        rate_window=500,
+        accuracy_curve=[(0.0, 0.96), (0.1, 0.99)],
+    )
+    desired = DesiredState(device_id="dev-1", revision=1, router={MODEL: policy})
+    assert DesiredState.model_validate_json(desired.model_dump_json()).router[MODEL] == policy
 
 
 def test_a_pinned_threshold_never_moves(core, router):
