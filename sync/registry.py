@@ -23,7 +23,7 @@ from sqlite_utils.db import Table
 
 from edgeserve.wire.manifest import version_key
 from edgeserve.wire.model_card import ModelCard
-from edgeserve.wire.sync_messages import DesiredState, DeviceStatus, ReportedState
+from edgeserve.wire.sync_messages import MAX_REVISION, DesiredState, DeviceStatus, ReportedState
 from sync.schema import INDEXES, TABLES, device_row, rollout_row, version_row
 from sync.views import (
     DeviceRolloutState,
@@ -146,12 +146,15 @@ class Registry:
 
     # -- desired state ----------------------------------------------------------------
     def next_desired_revision(self, device_id: str) -> int:
-        """One past both our last revision and the one the device says it applied."""
+        """Past our last revision for the device, and no smaller than the clock in ms.
+
+        The sequence is ours alone: what a device reports is never an input, so no device
+        can push it out of range. The clock floor keeps revisions growing even when this
+        database is restored from an older backup, without asking the devices.
+        """
         saved = self.desired(device_id)
-        device = self.device(device_id)
         ours = saved.revision if saved is not None else 0
-        theirs = device.desired_revision if device is not None else -1
-        return max(ours, theirs) + 1
+        return min(max(ours + 1, int(self.clock() * 1000)), MAX_REVISION)
 
     def save_desired(self, state: DesiredState) -> None:
         self._table("desired").upsert(

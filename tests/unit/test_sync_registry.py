@@ -7,7 +7,13 @@ import pytest
 from edgeserve.wire.errors import InvalidInput
 from edgeserve.wire.manifest import SignedManifest
 from edgeserve.wire.model_card import ModelCard, TensorSpec
-from edgeserve.wire.sync_messages import DesiredState, DeviceStatus, ReportedState, RunningModel
+from edgeserve.wire.sync_messages import (
+    MAX_REVISION,
+    DesiredState,
+    DeviceStatus,
+    ReportedState,
+    RunningModel,
+)
 from sync.registry import Registry
 
 
@@ -24,13 +30,19 @@ def card(version: str, name: str = "digits-edge") -> ModelCard:
     )
 
 
-def reported(device_id: str, group: str = "default", ts: float = 0.0, **models: str):
+def reported(
+    device_id: str,
+    group: str = "default",
+    ts: float = 0.0,
+    desired_revision: int = 3,
+    **models: str,
+):
     return ReportedState(
         device_id=device_id,
         group=group,
         agent_version="0.1.0",
         labels={"site": "lab"},
-        desired_revision=3,
+        desired_revision=desired_revision,
         models={
             name: RunningModel(version=v, sha256="a" * 64, slot="slot-a")
             for name, v in models.items()
@@ -124,12 +136,22 @@ def test_desired_state_survives_reopening(tmp_path: Path):
     assert reopened.desired("dev-2") is None
 
 
-def test_next_desired_revision_passes_both_ours_and_the_devices(registry: Registry):
-    assert registry.next_desired_revision("dev-1") == 1
-    registry.save_desired(DesiredState(device_id="dev-1", revision=1))
-    assert registry.next_desired_revision("dev-1") == 2
-    registry.record_reported(reported("dev-1"))  # the device says it applied revision 3
-    assert registry.next_desired_revision("dev-1") == 4
+def test_next_desired_revision_is_ours_and_never_what_the_device_says(registry: Registry):
+    first = registry.next_desired_revision("dev-1")
+    registry.save_desired(DesiredState(device_id="dev-1", revision=first))
+    registry.record_reported(reported("dev-1", desired_revision=MAX_REVISION))
+
+    assert registry.next_desired_revision("dev-1") == first + 1
+
+
+def test_next_desired_revision_is_at_least_the_clock_in_ms(tmp_path: Path):
+    now = [1_000.0]
+    registry = Registry(tmp_path / "r.db", clock=lambda: now[0])
+    registry.save_desired(DesiredState(device_id="dev-1", revision=7))  # an older backup
+    assert registry.next_desired_revision("dev-1") == 1_000_000
+    now[0] = 0.0  # a clock that went back still cannot go below our own sequence
+    registry.save_desired(DesiredState(device_id="dev-1", revision=1_000_000))
+    assert registry.next_desired_revision("dev-1") == 1_000_001
 
 
 def test_an_issue_is_found_only_for_the_device_it_was_issued_to(registry: Registry):
