@@ -3,8 +3,8 @@
 Five comparisons, each interleaved in one run, batch 1, one runtime thread:
 agent in-process vs raw ``session.run`` (same int8 model); the router's score (softmax vs
 the trust score's k-NN over the card's bank, with and without the rate controller); local
-REST round trip vs raw ``session.run``; int8 vs fp32 (the edge MLP and a MobileNetV2-sized CNN with random
-weights); ONNX Runtime vs TFLite on the same fp32 MLP.
+REST round trip vs raw ``session.run``; int8 vs fp32 (the edge MLP and a MobileNetV2-sized
+CNN with random weights); ONNX Runtime vs TFLite on the same fp32 MLP.
 """
 
 from __future__ import annotations
