@@ -146,11 +146,35 @@ async def on_desired(ctx: SyncContext, payload: bytes) -> None:
     if desired.revision <= ctx.state.desired_revision:
         reject(ctx, "stale", f"revision {desired.revision} <= {ctx.state.desired_revision}")
         return
+    if forged := unsigned_models(desired, ctx.public_key):
+        # A tampered desired state is refused whole: its revision, router policies and
+        # other models are not adopted, so it cannot make later genuine states "stale".
+        for name in forged:
+            reject(ctx, "signature", f"desired revision {desired.revision}: {name} is not signed")
+            ctx.metrics.updates.labels("refused").inc()
+            report_offer_failure(
+                ctx, name, desired.models[name], "verify", "signature: not the fleet's key"
+            )
+        return
     ctx.state.desired_revision = desired.revision
     apply_router(ctx, desired)
     for name, envelope in desired.models.items():
         await offer(ctx, name, envelope)
     await publish_reported(ctx)
+
+
+def unsigned_models(desired: DesiredState, public_key: Ed25519PublicKey) -> list[str]:
+    """The models whose manifest the fleet key did not sign (expiry and content aside:
+    the updater refuses those, and reports them, as for any signed manifest)."""
+    forged = []
+    for name, envelope in desired.models.items():
+        try:
+            verify_signed_manifest(envelope, public_key, now=0.0)
+        except SignatureError:
+            forged.append(name)
+        except EdgeServeError:
+            pass
+    return forged
 
 
 def apply_router(ctx: SyncContext, desired: DesiredState) -> None:

@@ -42,6 +42,7 @@ from edgeserve.wire.manifest import (
 )
 from edgeserve.wire.model_card import ModelCard, RouterPolicy
 from edgeserve.wire.sync_messages import (
+    MAX_REVISION,
     ChunkRequest,
     DesiredState,
     ReportedState,
@@ -224,6 +225,27 @@ def test_a_manifest_with_a_bad_signature_is_refused_and_reported(harness, tmp_pa
     assert result.reason.startswith("signature") and result.version == ""
     assert harness.rejected("signature") == 1
     assert harness.published(topics.update_request(DEVICE, "0" * 32)) == []
+
+
+def test_a_forged_desired_state_does_not_make_genuine_ones_stale(harness, tmp_path):
+    stranger = ensure_operator_key(tmp_path / "stranger")
+    forged, _ = _release(stranger, tmp_path, "2")
+    genuine_policy = RouterPolicy(threshold=0.5)
+    harness.feed(
+        topics.desired(DEVICE),
+        _desired(MAX_REVISION, models={MODEL: forged}, router={MODEL: RouterPolicy(threshold=1)}),
+    )
+    harness.feed(topics.desired(DEVICE), _desired(2, router={MODEL: genuine_policy}))
+
+    assert harness.rejected("signature") == 1 and harness.rejected("stale") == 0
+    assert harness.ctx.state.desired_revision == 2
+    assert harness.ctx.router.overrides() == {MODEL: genuine_policy}
+
+
+def test_a_desired_revision_beyond_the_bound_is_refused_as_invalid(harness):
+    payload = _desired(1).replace(b'"revision":1', f'"revision":{2**63 - 1}'.encode())
+    harness.feed(topics.desired(DEVICE), payload)
+    assert harness.rejected("invalid_input") == 1 and harness.ctx.state.desired_revision == -1
 
 
 def test_a_refused_older_version_is_reported_with_the_version_it_names(harness, tmp_path):
