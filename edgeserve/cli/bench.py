@@ -80,6 +80,18 @@ def bench_sequential(
     run_sequential_bench(out, experiments)
 
 
+@bench_app.command("shadow")
+def bench_shadow(
+    out: OutOption = Path("docs/bench/shadow"),
+    seconds: Annotated[int, typer.Option(min=1, help="seconds per run")] = 5,
+    rounds: Annotated[int, typer.Option(min=1, help="interleaved rounds; medians reported")] = 3,
+) -> None:
+    """What mirroring every request to a shadow version costs the primary (p50 at c=32)."""
+    from edgeserve.bench.shadow import run_shadow_bench
+
+    run_shadow_bench(out, seconds, rounds)
+
+
 @bench_app.command("delta")
 def bench_delta(
     out: OutOption = Path("docs/bench/delta"),
