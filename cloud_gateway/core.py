@@ -11,11 +11,15 @@ costs its senders, not the compliant tenants.
 
 from __future__ import annotations
 
+import asyncio
+import random
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from cloud_gateway.experiments import Experiments, LiveExperiment, Mirrored
 from cloud_gateway.metrics import GatewayMetrics
@@ -259,7 +263,8 @@ class GatewayCore:
         response = self._response(loaded, request, results, wanted)
         predicted = response.parameters.get("prediction")
         live.served(arm, request.id, predicted, time.perf_counter() - started)
-        if arm is live.spec.control:
+        share = live.spec.settings.shadow_fraction
+        if arm is live.spec.control and (share >= 1.0 or random.random() < share):
             live.mirror(Mirrored(request.id, arrays, predicted, results))
         response.parameters.update(experiment=live.name, arm=arm.name)
         return self._finish(admission, loaded, response)
@@ -277,14 +282,22 @@ class GatewayCore:
     async def run_shadow(
         self, model: str, version: str, arrays: dict[str, Any]
     ) -> tuple[ModelConfig, dict[str, Any]]:
-        """A mirrored request on the shadow version, behind every tenant's work."""
+        """Mirrored requests (stacked) on the shadow version, behind every tenant's work,
+        in chunks of the model's largest batch."""
         loaded = await self.repository.get(model, version)
+        limit = loaded.config.max_batch_size
+        rows = len(next(iter(arrays.values())))
+        chunks = [{n: a[i : i + limit] for n, a in arrays.items()} for i in range(0, rows, limit)]
         loaded.in_flight += 1
         try:
-            results = await loaded.batcher.submit(SHADOW_TENANT, 1.0, arrays, SHADOW_PRIORITY)
+            parts = await asyncio.gather(
+                *(loaded.batcher.submit(SHADOW_TENANT, 1.0, c, SHADOW_PRIORITY) for c in chunks)
+            )
         finally:
             loaded.in_flight -= 1
-        return loaded.config, results
+        if len(parts) == 1:
+            return loaded.config, parts[0]
+        return loaded.config, {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
 
     async def _take_allowance(self, principal: Principal) -> None:
         # Limits change when an operator edits a tenant; set_limit ignores an unchanged one.

@@ -139,13 +139,22 @@ def settings_from(
     min_agreement: float,
     alpha: float,
     shadow_queue: int,
+    shadow_fraction: float,
+    feedback: bool,
 ) -> Settings:
     from edgeserve.stats import Guardrails
 
     rails = Guardrails(
         max_error_rate, None if max_p99_ms is None else max_p99_ms / 1e3, min_requests
     )
-    return Settings(rails, min_agreement, alpha, shadow_queue)
+    return Settings(
+        guardrails=rails,
+        min_agreement=min_agreement,
+        alpha=alpha,
+        shadow_queue=shadow_queue,
+        shadow_fraction=shadow_fraction,
+        feedback=feedback,
+    )
 
 
 def _comparisons(

@@ -78,7 +78,7 @@ class LiveExperiment:
         tally = self.tally(arm)
         tally.requests += 1
         tally.latency.observe(seconds)
-        if labels is not None:
+        if labels is not None and self.spec.settings.feedback:
             self._record(Prediction(request_id, self.name, arm.version, labels))
 
     def failed(self, arm: Arm, seconds: float) -> None:
@@ -131,25 +131,36 @@ class LiveExperiment:
             items = [await self._queue.get()]
             while len(items) < SHADOW_BATCH and not self._queue.empty():
                 items.append(self._queue.get_nowait())
-            await asyncio.gather(*(self._shadow_one(arm, item) for item in items))
+            for group in _same_signature(items):
+                await self._shadow_batch(arm, group)
 
-    async def _shadow_one(self, arm: Arm, item: Mirrored) -> None:
+    async def _shadow_batch(self, arm: Arm, items: list[Mirrored]) -> None:
+        """Run a group of copies as one stacked request: per copy, the shadow's Python
+        cost is then a few list operations, not a trip through the batcher."""
+        names = list(items[0].inputs)
+        stacked = {n: np.concatenate([item.inputs[n] for item in items]) for n in names}
         started = time.perf_counter()
         try:
-            config, outputs = await self._run_shadow(self.model, arm.version, item.inputs)
-        except EdgeServeError:
-            self.failed(arm, time.perf_counter() - started)
+            config, outputs = await self._run_shadow(self.model, arm.version, stacked)
+        except Exception as exc:
+            if not isinstance(exc, EdgeServeError):
+                log.exception("shadow run failed", extra={"experiment": self.name})
+            for _ in items:
+                self.failed(arm, time.perf_counter() - started)
             return
-        except Exception:
-            log.exception("shadow run failed", extra={"experiment": self.name})
-            self.failed(arm, time.perf_counter() - started)
-            return
+        elapsed = time.perf_counter() - started
         labels = top_labels(config, outputs)
-        agreed = _agreements(item, labels, outputs)
-        self.served(arm, item.request_id, labels, time.perf_counter() - started)
         tally = self.tally(arm)
-        tally.compared += len(agreed)
-        tally.agreed += sum(agreed)
+        start = 0
+        for item in items:
+            rows = len(item.inputs[names[0]])
+            own = None if labels is None else labels[start : start + rows]
+            sliced = {name: value[start : start + rows] for name, value in outputs.items()}
+            agreed = _agreements(item, own, sliced)
+            self.served(arm, item.request_id, own, elapsed)
+            tally.compared += len(agreed)
+            tally.agreed += sum(agreed)
+            start += rows
 
     def _record(self, prediction: Prediction) -> None:
         if len(self._predictions) < MAX_PREDICTIONS:
@@ -163,6 +174,15 @@ def top_labels(config: ModelConfig, outputs: Tensors) -> list[str] | None:
     top, _ = top_class_confidence(outputs[config.logits_output], config.temperature)
     labels = config.labels
     return [labels[i] if i < len(labels) else str(i) for i in top.tolist()]
+
+
+def _same_signature(items: list[Mirrored]) -> list[list[Mirrored]]:
+    """Copies grouped by input names, trailing shapes and dtypes: what can be stacked."""
+    groups: dict[tuple[tuple[str, tuple[int, ...], str], ...], list[Mirrored]] = {}
+    for item in items:
+        key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(item.inputs.items()))
+        groups.setdefault(key, []).append(item)
+    return list(groups.values())
 
 
 def _agreements(item: Mirrored, labels: list[str] | None, outputs: Tensors) -> list[bool]:

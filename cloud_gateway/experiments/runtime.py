@@ -27,7 +27,12 @@ from pathlib import Path
 
 from cloud_gateway.experiments.decide import arms_to_stop
 from cloud_gateway.experiments.live import LiveExperiment, ShadowRun
-from cloud_gateway.experiments.store import Experiment, ExperimentStore, Prediction
+from cloud_gateway.experiments.store import (
+    Experiment,
+    ExperimentConflict,
+    ExperimentStore,
+    Prediction,
+)
 from cloud_gateway.experiments.tally import Tally
 from cloud_gateway.metrics import GatewayMetrics
 from edgeserve.logs import LogThrottle
@@ -98,6 +103,10 @@ class Experiments:
         live = self.active.get(model)
         if live is None or self._store is None:
             raise ModelNotFound(f"model {model!r} has no running experiment to take feedback")
+        if not live.spec.settings.feedback:
+            raise ExperimentConflict(
+                f"experiment {live.name!r} does not take feedback: create it with --feedback"
+            )
         if not isinstance(request_id, str) or not 0 < len(request_id) <= MAX_REQUEST_ID:
             raise InvalidInput(f"feedback needs 'id': the request's id (1-{MAX_REQUEST_ID} chars)")
         if (

@@ -49,6 +49,10 @@ class Settings:
     min_agreement: float = 0.95  # a shadow significantly below this is stopped
     alpha: float = 0.05
     shadow_queue: int = 256  # mirrored requests waiting; more are dropped and counted
+    shadow_fraction: float = 1.0  # of the control's requests, mirrored to the shadow
+    # Callers send labels back: record each answer (one row per request, flushed in
+    # batches) so that a label can be scored against the arm that gave it.
+    feedback: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,5 +119,9 @@ def _check(spec: ExperimentSpec) -> None:
         raise InvalidInput(f"each version may be in one arm only, got {versions}")
     if spec.key_header is not None and spec.key_parameter is not None:
         raise InvalidInput("the sticky key comes from a header or a parameter, not both")
+    if not 0.0 < spec.settings.shadow_fraction <= 1.0:
+        raise InvalidInput("shadow_fraction must be in (0, 1]")
+    if spec.settings.shadow_queue < 1:
+        raise InvalidInput("shadow_queue must be at least 1")
     if not 0.0 < spec.settings.min_agreement <= 1.0:
         raise InvalidInput("min_agreement must be in (0, 1]")

@@ -1,11 +1,12 @@
 """Experiments, their arms and their per-arm counts, in one SQLite file.
 
 Shared by every gateway worker process and the admin CLI, like the tenants database.
-Workers add their counts (``flush``: one transaction per flush, whatever the traffic),
-read the running experiments back, and record per-request predictions so that a label
-sent later to any worker (``feedback``, keyed by request id) can be scored against the
-arm that answered. ``settle`` folds matched labels into the counts and forgets
-predictions and labels older than ``RETENTION_S``.
+Workers add their counts (``flush``: one transaction per flush, whatever the traffic)
+and read the running experiments back. With feedback on, they also record each answer's
+labels so that a label sent later to any worker (``feedback``, keyed by request id) is
+scored against the arm that answered: whichever of answer and label arrives second
+scores it, so no step ever scans the table; ``settle`` forgets what was never matched
+within ``RETENTION_S``.
 """
 
 from __future__ import annotations
@@ -141,15 +142,24 @@ class ExperimentStore:
     def flush(
         self, tallies: dict[tuple[str, str], Tally], predictions: Sequence[Prediction]
     ) -> None:
-        """Add a worker's counts ((experiment, version) -> tally) and record predictions."""
+        """Add a worker's counts ((experiment, version) -> tally) and its predictions: one
+        whose label is already in is scored at once, the others wait for their label."""
         with transaction(self._conn, self._lock) as conn:
             for (experiment, version), tally in tallies.items():
                 _add_counts(conn, experiment, version, tally)
-            conn.executemany(
-                "INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?)",
-                [(p.request_id, p.experiment, p.version, json.dumps(p.labels), time.time())
-                 for p in predictions],
-            )  # fmt: skip
+            now = time.time()
+            waiting = []
+            for p in predictions:
+                truth = conn.execute(
+                    "SELECT labels FROM labels WHERE request_id = ? AND experiment = ?",
+                    (p.request_id, p.experiment),
+                ).fetchone()
+                if truth is None:
+                    row = (p.request_id, p.experiment, p.version, json.dumps(p.labels), now)
+                    waiting.append(row)
+                else:
+                    _score(conn, p.experiment, p.version, p.labels, json.loads(truth[0]))
+            conn.executemany("INSERT OR REPLACE INTO predictions VALUES (?, ?, ?, ?, ?)", waiting)
 
     def totals(self, name: str) -> dict[str, Tally]:
         """Every arm's counts so far (all workers' flushes), by version."""
@@ -168,8 +178,9 @@ class ExperimentStore:
     # -- labels ---------------------------------------------------------------------------
 
     def feedback(self, name: str, request_id: str, labels: list[str]) -> int:
-        """Record the true labels of a request; returns how many arms' answers are known
-        for it so far (0: not flushed yet, or unknown; it is scored when it arrives)."""
+        """Record the true labels of a request and score the answers already flushed for
+        it; returns how many there were (0: not flushed yet, or unknown; an answer
+        flushed later is scored then, within ``RETENTION_S``)."""
         with transaction(self._conn, self._lock) as conn:
             rows = conn.execute(
                 "SELECT version, labels FROM predictions WHERE request_id = ? AND experiment = ?",
@@ -181,6 +192,13 @@ class ExperimentStore:
                         f"request {request_id!r} had {len(json.loads(predicted))} rows"
                         f" (version {version}), feedback has {len(labels)} labels"
                     )
+            for version, predicted in rows:
+                _score(conn, name, version, json.loads(predicted), labels)
+            conn.execute(
+                "DELETE FROM predictions WHERE request_id = ? AND experiment = ?",
+                (request_id, name),
+            )
+            # Kept: the shadow's answer to the same request may be flushed later.
             conn.execute(
                 "INSERT OR REPLACE INTO labels VALUES (?, ?, ?, ?)",
                 (request_id, name, json.dumps(labels), time.time()),
@@ -188,23 +206,9 @@ class ExperimentStore:
         return len(rows)
 
     def settle(self, now: float | None = None) -> None:
-        """Score every prediction whose label is in, and forget what is past retention."""
+        """Forget predictions and labels older than ``RETENTION_S`` (never matched)."""
         cutoff = (now or time.time()) - RETENTION_S
         with transaction(self._conn, self._lock) as conn:
-            matched = conn.execute(
-                "SELECT p.request_id, p.experiment, p.version, p.labels, l.labels"
-                " FROM predictions p JOIN labels l"
-                " ON l.request_id = p.request_id AND l.experiment = p.experiment"
-            ).fetchall()
-            for request_id, experiment, version, predicted, truth in matched:
-                pairs = list(zip(json.loads(predicted), json.loads(truth), strict=False))
-                scored = Tally(labelled=len(pairs), correct=sum(p == t for p, t in pairs))
-                _add_counts(conn, experiment, version, scored)
-                conn.execute(
-                    "DELETE FROM predictions WHERE request_id = ? AND experiment = ?"
-                    " AND version = ?",
-                    (request_id, experiment, version),
-                )
             conn.execute("DELETE FROM predictions WHERE at < ?", (cutoff,))
             conn.execute("DELETE FROM labels WHERE at < ?", (cutoff,))
 
@@ -254,6 +258,14 @@ def _add_counts(conn: sqlite3.Connection, experiment: str, version: str, tally: 
         (experiment, version, *(getattr(tally, c) for c in Tally.COUNTS),
          json.dumps(latency.counts)),
     )  # fmt: skip
+
+
+def _score(
+    conn: sqlite3.Connection, experiment: str, version: str, predicted: list[str], truth: list[str]
+) -> None:
+    pairs = list(zip(predicted, truth, strict=False))
+    correct = sum(p == t for p, t in pairs)
+    _add_counts(conn, experiment, version, Tally(labelled=len(pairs), correct=correct))
 
 
 def _conflict(exc: EdgeServeError, spec: ExperimentSpec) -> EdgeServeError:

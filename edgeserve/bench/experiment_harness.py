@@ -21,13 +21,14 @@ MODEL = "digits-cloud"
 CONTROL, CANDIDATE, BROKEN = "1", "2", "3"
 
 
-def experiment_repository(root: Path, queue_delay_us: int = 2000) -> Path:
-    """Write the three-version ``digits-cloud`` under ``root``; returns ``root``."""
+def experiment_repository(root: Path, model: str = MODEL, queue_delay_us: int = 2000) -> Path:
+    """Write the three versions as ``model`` under ``root``; returns ``root``."""
     source = packaged_artifacts()
-    card = ModelCard.load(source / f"{MODEL}.card.json")
-    folder = root / MODEL
+    card = ModelCard.load(source / f"{MODEL}.card.json").model_copy(update={"name": model})
+    folder = root / model
     for version in (CONTROL, CANDIDATE, BROKEN):
         (folder / version).mkdir(parents=True, exist_ok=True)
+    # config.toml last: a running gateway that rescans sees the model whole or not at all.
     shutil.copyfile(source / card.file, folder / CONTROL / "model.onnx")
     edge = ModelCard.load(source / "digits-edge-fp32.card.json")
     shutil.copyfile(source / edge.file, folder / CANDIDATE / "model.onnx")

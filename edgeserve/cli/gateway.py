@@ -156,6 +156,12 @@ def experiment_create(
     ] = 0.95,
     alpha: Annotated[float, typer.Option(help="false-stop rate of the sequential tests")] = 0.05,
     shadow_queue: Annotated[int, typer.Option(help="mirrored requests waiting, at most")] = 256,
+    shadow_fraction: Annotated[
+        float, typer.Option(help="share of the control's requests mirrored to the shadow")
+    ] = 1.0,
+    feedback: Annotated[
+        bool, typer.Option(help="callers send labels back: record answers to score accuracy")
+    ] = False,
     config: ConfigOption = None,
 ) -> None:
     """Start an experiment: running gateways route the model's traffic within a second."""
@@ -166,7 +172,14 @@ def experiment_create(
     try:
         arms = cli.parse_split(split) + ((Arm(shadow, "shadow"),) if shadow else ())
         settings = cli.settings_from(
-            max_error_rate, max_p99_ms, min_requests, min_agreement, alpha, shadow_queue
+            max_error_rate,
+            max_p99_ms,
+            min_requests,
+            min_agreement,
+            alpha,
+            shadow_queue,
+            shadow_fraction,
+            feedback,
         )
         spec = ExperimentSpec(name, model, arms, key_header, key_parameter, settings)
     except EdgeServeError as exc:

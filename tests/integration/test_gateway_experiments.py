@@ -13,7 +13,7 @@ import httpx
 import numpy as np
 import pytest
 
-from cloud_gateway.experiments import Arm, ExperimentSpec, ExperimentStore
+from cloud_gateway.experiments import Arm, ExperimentSpec, ExperimentStore, Settings
 from edgeserve.bench.experiment_harness import experiment_repository
 from edgeserve.polling import wait_until
 from edgeserve.wire import oip_grpc
@@ -149,8 +149,9 @@ def test_a_shadow_never_answers_and_a_broken_one_is_stopped_by_the_test(gateway,
 
 def test_labels_sent_back_score_each_arms_accuracy(gateway, digits):
     x, y = digits
-    create(gateway, ExperimentSpec("acc", MODEL, (Arm("1", "split", 1), Arm("2", "split", 1)),
-                                   key_parameter="user"))  # fmt: skip
+    arms = (Arm("1", "split", 1), Arm("2", "split", 1))
+    feedback = Settings(feedback=True)
+    create(gateway, ExperimentSpec("acc", MODEL, arms, key_parameter="user", settings=feedback))
     with client(gateway) as http:
         wait_for_experiment(http, x[:1], "acc")
         for i in range(60):
@@ -168,7 +169,8 @@ def test_labels_sent_back_score_each_arms_accuracy(gateway, digits):
 
 def test_bad_feedback_gets_a_precise_error(gateway, digits):
     x, _ = digits
-    create(gateway, ExperimentSpec("fb", MODEL, (Arm("1", "split", 1), Arm("2", "split", 1))))
+    arms = (Arm("1", "split", 1), Arm("2", "split", 1))
+    create(gateway, ExperimentSpec("fb", MODEL, arms, settings=Settings(feedback=True)))
     with client(gateway) as http:
         wait_for_experiment(http, x[:1], "fb")
         no_json = http.post(FEEDBACK, content=b"{not json")
@@ -192,6 +194,8 @@ def test_operators_create_show_and_stop_from_the_cli(gateway, digits):
     assert made.returncode == 0, made.stdout + made.stderr
     with client(gateway) as http:
         wait_for_experiment(http, x[:1], "cli")
+        unasked = http.post(FEEDBACK, json={"id": "abc", "labels": ["1"]})
+        assert unasked.status_code == 409 and "--feedback" in unasked.json()["error"]
         for i in range(30):
             http.post(INFER, json=body(x[i : i + 1]), headers={"x-user": str(i)})
         shown = cli(gateway, "show", "cli")

@@ -17,7 +17,10 @@ CONFIG = ModelConfig(
     logits_output="logits",
 )
 SPEC = ExperimentSpec(
-    "exp", "m", (Arm("1", "split", 1), Arm("2", "shadow")), settings=Settings(shadow_queue=4)
+    "exp",
+    "m",
+    (Arm("1", "split", 1), Arm("2", "shadow")),
+    settings=Settings(shadow_queue=4, feedback=True),
 )
 
 
@@ -80,3 +83,15 @@ def test_a_failing_shadow_counts_errors_not_agreement():
 
     tallies, _ = asyncio.run(scenario()).take()
     assert (tallies["2"].requests, tallies["2"].errors, tallies["2"].compared) == (1, 1, 0)
+
+
+def test_answers_are_recorded_only_when_the_experiment_takes_feedback():
+    async def scenario(feedback: bool) -> int:
+        spec = ExperimentSpec("e", "m", SPEC.arms, settings=Settings(feedback=feedback))
+        live = LiveExperiment(spec, lambda *args: None)  # no copy is ever mirrored here
+        live.served(spec.control, "r1", ["a"], 0.001)
+        await live.close()
+        return len(live.take()[1])
+
+    assert asyncio.run(scenario(True)) == 1
+    assert asyncio.run(scenario(False)) == 0
