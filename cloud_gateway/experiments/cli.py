@@ -176,7 +176,8 @@ def _comparison(comparison: Comparison) -> tuple[str, str, str]:
     if comparison.low is not None and comparison.high is not None:
         low, high = max(-1.0, comparison.low), min(1.0, comparison.high)
         interval = f"[{low:+.1%}, {high:+.1%}]"
-    return f"{comparison.difference:+.2%}", interval, comparison.verdict.value
+    difference = comparison.difference or 0.0  # no "-0.00%"
+    return f"{difference:+.2%}", interval, comparison.verdict.value
 
 
 def _rate(counts: Proportion) -> str:

@@ -1,4 +1,5 @@
-"""The demo's cloud part: the gateway process, two tenants, batching and refusals."""
+"""The demo's cloud part: the gateway process, two tenants, batching, refusals, and an
+experiment (``demo_experiment``)."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from rich.console import Console
 from rich.table import Table
 
 from cloud_gateway.tenancy import TenantStore
+from edgeserve.cli.demo_experiment import show_experiment_demo
 from edgeserve.client import NODELAY, metric_value
 from edgeserve.eval.stack import CascadeStack
 from edgeserve.wire import oip_rest
@@ -49,6 +51,7 @@ def show_cloud(
         _concurrent_load(console, http, keys["apps"], x, y)
         _refusals(console, http, keys, x)
         _batching(console, http)
+        show_experiment_demo(console, stack, http, x, y)
 
 
 def _concurrent_load(
