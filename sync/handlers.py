@@ -28,6 +28,7 @@ from edgeserve.wire.sync_messages import (
 )
 from edgeserve.wire.telemetry import decode_batch
 from sync.artifacts import ArtifactStore
+from sync.builds import BuildPending
 from sync.ingest import ingest_batch
 from sync.metrics import SyncMetrics
 from sync.registry import Registry
@@ -215,19 +216,28 @@ def dispatch(ctx: HandlerContext, topic: str, payload: bytes) -> list[Outgoing]:
 
 
 def issue_assignments(ctx: HandlerContext, assigns: Iterable[Assign]) -> list[Outgoing]:
-    """Sign each assignment for its device; one device's failure does not stop the others."""
-    out = []
-    for assign in assigns:
+    """Sign each assignment for its device; one device's failure does not stop the others,
+    and a device whose update cannot be issued fails in its rollout with the reason."""
+    out: list[Outgoing] = []
+    pending = list(assigns)
+    while pending:
+        assign = pending.pop(0)
         try:
             issued = ctx.issuer.issue(
                 assign.device_id, assign.model, assign.version, rollback=assign.rollback
             )
-        except EdgeServeError as exc:
-            ctx.metrics.rejected.labels("issue", exc.code.label).inc()
+        except BuildPending:
+            continue  # issued by the issuer once the worker has built the payload
+        except Exception as exc:  # one device must not stop the rollout loop
+            reason = exc.message if isinstance(exc, EdgeServeError) else repr(exc)
+            label = exc.code.label if isinstance(exc, EdgeServeError) else "internal"
+            ctx.metrics.rejected.labels("issue", label).inc()
             log.warning(
                 "could not issue update",
-                extra={"device": assign.device_id, "model": assign.model, "reason": exc.message},
+                exc_info=not isinstance(exc, EdgeServeError),
+                extra={"device": assign.device_id, "model": assign.model, "reason": reason},
             )
+            pending += ctx.controller.assignment_failed(assign, reason)
             continue
         ctx.metrics.issued.labels(issued.spec.encoding).inc()
         out.append(issued.message)

@@ -195,6 +195,19 @@ class RolloutController:
                 actions += self._evaluate(row.id)
         return actions
 
+    def assignment_failed(self, assign: Assign, reason: str) -> Assigns:
+        """The service could not issue ``assign`` (a payload it cannot build or a store
+        that rotted): the device fails with the reason instead of waiting for ever, and
+        the rollout's failure policy decides whether it halts."""
+        row = self.registry.rollout(assign.rollout_id)
+        device = self._device(assign.rollout_id, assign.device_id)
+        if row is None or row.state != "running" or device is None or assign.rollback:
+            return []
+        if device.state != "assigned" or row.version != assign.version:
+            return []
+        self._set(row.id, assign.device_id, "failed", f"not issued: {reason}")
+        return self._evaluate(row.id)
+
     def tick(self) -> Assigns:
         """Re-check every running rollout: soak timers and telemetry error rates."""
         actions: Assigns = []

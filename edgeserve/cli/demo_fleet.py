@@ -30,7 +30,7 @@ from rich.table import Table
 
 from edgeserve.artifacts import packaged_artifacts
 from edgeserve.client import OipHttpClient, metric_value
-from edgeserve.eval.fleet import SYNC_USER, BrokerKind, FleetStack, start_fleet
+from edgeserve.eval.fleet import OPERATOR_USER, BrokerKind, FleetStack, start_fleet
 from edgeserve.mqtt import BrokerAddress
 from edgeserve.polling import wait_until
 from edgeserve.wire import topics
@@ -262,7 +262,7 @@ def _refusals(console: Console, stack: FleetStack, admin: AdminClient) -> None:
         f"edge-0 sending garbage on its own telemetry topic: sync service rejected "
         f"it and counted edgeserve_sync_rejected_total {sync}"
     )
-    with _Connection(_address(stack, SYNC_USER, mqtt4), "demo-sync-forger") as forger:
+    with _Connection(_address(stack, OPERATOR_USER, mqtt4), "demo-forger") as forger:
         desired = decode(DesiredState, forger.retained(topics.desired("edge-0")))
         forger.publish(topics.desired("edge-0"), _forged(desired).to_bytes())
     with OipHttpClient(stack.agent_url("edge-0")) as client:
@@ -273,7 +273,7 @@ def _refusals(console: Console, stack: FleetStack, admin: AdminClient) -> None:
         )
         serves = client.model_metadata(MODEL)["versions"]
     console.print(
-        f"forged desired state sent as {SYNC_USER} (revision {desired.revision + 1}, the "
+        f"forged desired state sent as {OPERATOR_USER} (revision {desired.revision + 1}, the "
         f"signed v2 manifest edited to say v3): edge-0 refused it, counted "
         f"edgeserve_agent_sync_rejected_total {agent}, and still serves "
         f"{', '.join(f'v{v}' for v in serves)}"

@@ -26,6 +26,9 @@ from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard
 from sync.admin_client import AdminClient
 
 SYNC_USER = "edgeserve-sync"
+# A second service login for whoever acts as the fleet beside the running sync service
+# (tests, the demo's forger): the broker allows one connection per username.
+OPERATOR_USER = "edgeserve-operator"
 FINAL_ROLLOUT_STATES = frozenset({"completed", "halted", "rolled_back", "superseded"})
 BASELINE_MODELS = ("digits-edge",)
 BrokerKind = Literal["auto", "mosquitto", "embedded"]
@@ -145,7 +148,9 @@ def start_fleet(
     """Start a broker, the sync service and one agent per device, all enrolled."""
     devices = list(devices)
     pki = ensure_dev_pki(workdir / "pki", devices=devices)
-    setup = BrokerSetup.create(workdir / "broker", pki, free_port(), devices, [SYNC_USER])
+    setup = BrokerSetup.create(
+        workdir / "broker", pki, free_port(), devices, [SYNC_USER, OPERATOR_USER]
+    )
     broker = start_broker(setup, kind=broker_kind)
     sync = None
     try:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -22,7 +23,7 @@ import pytest
 from edgeserve.artifacts import packaged_artifacts
 from edgeserve.broker import find_mosquitto
 from edgeserve.client import OipHttpClient, metric_value
-from edgeserve.eval.fleet import SYNC_USER, FleetStack, start_fleet
+from edgeserve.eval.fleet import OPERATOR_USER, FleetStack, start_fleet
 from edgeserve.polling import wait_until
 from edgeserve.security.signing import OperatorKey, ensure_operator_key
 from edgeserve.testing.fault_proxy import FaultProxy
@@ -84,9 +85,9 @@ def test_a_rollout_to_five_agents_completes_with_deltas(start, v2: Release) -> N
     assert view["state"] == "completed", view
     assert [served_version(stack, d) for d in stack.agents] == ["2"] * 5
     metrics = sync_metrics(stack)
-    assert (
-        metric_value(metrics, 'edgeserve_sync_updates_issued_total{encoding="tensor-delta"}') == 5
-    )
+    deltas = ("zstd-patch", "tensor-delta", "tensor-delta-2")  # whichever is smallest
+    issued = [f'edgeserve_sync_updates_issued_total{{encoding="{name}"}}' for name in deltas]
+    assert sum(metric_value(metrics, name) for name in issued) == 5
     # every device fetched a delta, not the artifact: 5% of the full size each, at most
     assert metric_value(metrics, "edgeserve_sync_chunk_bytes_total") < 5 * 0.05 * v2.card.size_bytes
 
@@ -130,7 +131,7 @@ def test_a_manifest_with_a_bad_signature_is_refused_and_the_old_model_serves(
     forged, _ = sign_update(stack, v2, issued_at=time.time())
     tampered = forged.model_copy(update={"signature": flip_b64(forged.signature)})
     with FleetClient(stack) as fleet:
-        publish_desired(fleet, "dev-0", tampered, revision=1000)
+        publish_desired(fleet, "dev-0", tampered, revision=ahead_of_the_service())
         result = next_result(fleet, "dev-0")
 
     assert (result.ok, result.stage, result.running_version) == (False, "verify", "1")
@@ -146,7 +147,7 @@ def test_a_tampered_chunk_is_refused_and_only_the_true_bytes_install(start, v2: 
         base64.b64decode(envelope.manifest)
     ).payload.update_id
     with FleetClient(stack) as fleet:
-        publish_desired(fleet, "dev-0", envelope, revision=1000)
+        publish_desired(fleet, "dev-0", envelope, revision=ahead_of_the_service())
         fleet.receive_until(topics.update_request("dev-0", update_id))
         evil = bytes(b ^ 0xFF for b in chunks[0])
         fleet.publish(topics.chunk("dev-0", update_id, 0), evil)
@@ -168,12 +169,41 @@ def test_a_replayed_older_manifest_is_refused(start, v2: Release, tmp_path: Path
     assert stack.wait_rollout(rollout, timeout=60)["state"] == "completed"
 
     with FleetClient(stack) as fleet:
-        publish_desired(fleet, "dev-0", replayed, revision=1000)
+        publish_desired(fleet, "dev-0", replayed, revision=ahead_of_the_service())
         result = next_result(fleet, "dev-0")
 
     assert (result.ok, result.stage, result.running_version) == (False, "verify", "2")
     assert agent_rejections(stack, "dev-0", "refused") >= 1
     assert served_version(stack, "dev-0") == "2"
+
+
+# -- an enrolled device attacking the fleet -------------------------------------------------
+
+
+def test_a_device_reporting_a_huge_desired_revision_stops_no_rollout(start, v2: Release) -> None:
+    stack = start(["dev-0", "dev-1"])
+    stack.setup.add_device("dev-x")
+    attacker = BrokerClient(stack.setup.address("dev-x"))
+    assert attacker.connect()[0]
+    reported = {"schema": "edgeserve.reported/1", "device_id": "dev-x", "desired_revision": 0}
+    for claimed in (2**63 - 1, 2**53 - 1):  # out of range; then in range, but not ours
+        reported["desired_revision"] = claimed
+        attacker.publish(topics.reported("dev-x"), json.dumps(reported).encode(), retain=True)
+    with stack.admin() as admin:
+        wait_until(lambda: any(d["device_id"] == "dev-x" for d in admin.devices()), 10, "dev-x")
+
+    rollout = stack.push(v2.artifact, v2.card, canary=2, stages=[1.0], soak_s=0)
+    wait_until(
+        lambda: [served_version(stack, d) for d in stack.agents] == ["2", "2"], 60, "v2 on both"
+    )
+
+    attacker.close()
+    with stack.admin() as admin:
+        view = admin.rollout(rollout)
+    states = {device["device_id"]: device["state"] for device in view["devices"]}
+    assert states == {"dev-0": "installed", "dev-1": "installed", "dev-x": "assigned"}
+    rejected = 'edgeserve_sync_rejected_total{kind="reported",reason="invalid_input"}'
+    assert metric_value(sync_metrics(stack), rejected) == 1
 
 
 # -- telemetry --------------------------------------------------------------------------
@@ -253,10 +283,10 @@ def send_digits(stack: FleetStack, count: int) -> None:
 
 
 class FleetClient:
-    """The test acting as the fleet: the sync user's credentials, the whole tree."""
+    """The test acting as the fleet: a service user's credentials, the whole tree."""
 
     def __init__(self, stack: FleetStack) -> None:
-        self.client = BrokerClient(stack.setup.address(SYNC_USER))
+        self.client = BrokerClient(stack.setup.address(OPERATOR_USER))
 
     def __enter__(self) -> BrokerClient:
         connected, reason = self.client.connect()
@@ -266,6 +296,11 @@ class FleetClient:
 
     def __exit__(self, *exc: object) -> None:
         self.client.close()
+
+
+def ahead_of_the_service() -> int:
+    """A revision the device takes as new: the service's are the clock in ms, or just past."""
+    return int(time.time() * 1000) + 3_600_000
 
 
 def publish_desired(
