@@ -9,4 +9,4 @@ helpers) and the tooling around them (``cli``, ``bench``, ``eval``, ``testing``)
 shared core never imports a tier; only the tooling does.
 """
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"  # agents from 0.2.0 apply tensor-delta format 2
