@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
 from edgeserve.wire import topics
-from edgeserve.wire.errors import EdgeServeError, IntegrityError
+from edgeserve.wire.errors import EdgeServeError
 from edgeserve.wire.sync_messages import (
     ChunkRequest,
     DeviceStatus,
@@ -34,6 +34,7 @@ from sync.metrics import SyncMetrics
 from sync.registry import Registry
 from sync.rollout import Assign, RolloutController
 from sync.updates import Outgoing, UpdateIssuer
+from sync.views import IssueRow
 
 log = logging.getLogger(__name__)
 
@@ -145,16 +146,52 @@ def on_update_request(
             "chunk_out_of_range", f"chunk {bad[0]} of update {update_id} ({len(spec.chunks)})"
         )
     window = indices[: ctx.request_window]
+    if not ctx.store.payload_path(spec.sha256).is_file():
+        raise Rejected("payload_rebuilding", f"payload of update {update_id} is being rebuilt")
     chunks = ctx.store.read_chunks(spec.sha256, window, spec.chunk_size)
     out = []
     for index, data in zip(window, chunks, strict=True):
         # A chunk that rotted on disk is withheld: the device would only refuse it.
         if hashlib.sha256(data).hexdigest() != spec.chunks[index]:
-            raise IntegrityError(f"stored chunk {index} of payload {spec.sha256[:12]} is corrupt")
+            return recover_rotten_payload(ctx, issue, spec.sha256, index)
         out.append(Outgoing(topics.chunk(topic.device_id, update_id, index), data))
     ctx.metrics.chunks_served.inc(len(out))
     ctx.metrics.chunk_bytes.inc(sum(len(message.payload) for message in out))
     return out
+
+
+def recover_rotten_payload(
+    ctx: HandlerContext, issue: IssueRow, payload_sha: str, index: int
+) -> list[Outgoing]:
+    """A stored payload no longer matches its chunk hashes: drop it and issue the update
+    again, which rebuilds the payload from the model's artifact — if that artifact still
+    matches its hash; if not, the device's assignment fails with the reason."""
+    ctx.metrics.store_corrupt.labels("payload").inc()
+    log.error(
+        "stored payload is corrupt; rebuilding it",
+        extra={"payload": payload_sha[:12], "chunk": index, "device": issue.device_id},
+    )
+    ctx.store.payload_path(payload_sha).unlink(missing_ok=True)
+    assign = ctx.controller.current_assign(issue.device_id, issue.model, issue.version)
+    if assign is None:
+        return []
+    version = ctx.registry.version(issue.model, issue.version)
+    if version is None or not _artifact_intact(ctx.store, version.sha256):
+        ctx.metrics.store_corrupt.labels("artifact").inc()
+        reason = f"the stored artifact of {issue.model} v{issue.version} is corrupt; push it again"
+        return issue_assignments(ctx, ctx.controller.assignment_failed(assign, reason))
+    return issue_assignments(ctx, [assign])
+
+
+def _artifact_intact(store: ArtifactStore, sha: str) -> bool:
+    digest = hashlib.sha256()
+    try:
+        with store.artifact_path(sha).open("rb") as artifact:
+            while block := artifact.read(1 << 20):
+                digest.update(block)
+    except FileNotFoundError:
+        return False
+    return digest.hexdigest() == sha
 
 
 @_guarded("update_result")

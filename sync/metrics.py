@@ -20,6 +20,12 @@ class SyncMetrics:
             ["kind", "reason"],
             registry=self.registry,
         )
+        self.store_corrupt = Counter(
+            "edgeserve_sync_store_corrupt",
+            "Stored bytes found rotten on the sync service's disk, by what (payload, artifact)",
+            ["what"],
+            registry=self.registry,
+        )
         self.chunks_served = Counter(
             "edgeserve_sync_chunks_served", "Update chunks published", registry=self.registry
         )

@@ -195,6 +195,21 @@ class RolloutController:
                 actions += self._evaluate(row.id)
         return actions
 
+    def current_assign(self, device_id: str, model: str, version: str) -> Assign | None:
+        """The newest rollout's instruction that sends ``device_id`` to ``model@version``:
+        its assignment in a running rollout, or its way back from a halted one."""
+        for row in reversed(self.registry.rollouts()):
+            if row.model != model:
+                continue
+            entry = self._device(row.id, device_id)
+            if entry is None:
+                continue
+            if row.state == "running" and row.version == version and entry.state == "assigned":
+                return Assign(device_id, model, version, False, row.id)
+            if row.state in ("halted", "rolled_back") and entry.from_version == version:
+                return Assign(device_id, model, version, True, row.id)
+        return None
+
     def assignment_failed(self, assign: Assign, reason: str) -> Assigns:
         """The service could not issue ``assign`` (a payload it cannot build or a store
         that rotted): the device fails with the reason instead of waiting for ever, and

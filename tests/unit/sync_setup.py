@@ -43,6 +43,12 @@ class Fleet:
             ReportedState(device_id=device_id, group=group, models=models, ts=time.time())
         )
 
+    def corrupt(self, what: str) -> float:
+        value = self.ctx.metrics.registry.get_sample_value(
+            "edgeserve_sync_store_corrupt_total", {"what": what}
+        )
+        return value or 0.0
+
     def rejected(self, kind: str, reason: str) -> float:
         value = self.ctx.metrics.registry.get_sample_value(
             "edgeserve_sync_rejected_total", {"kind": kind, "reason": reason}

@@ -6,6 +6,8 @@ nothing, and counts a refusal by reason; it never raises into the service loop.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import json
 import time
 from pathlib import Path
@@ -13,8 +15,10 @@ from pathlib import Path
 import pytest
 
 from edgeserve.wire import topics
+from edgeserve.wire.manifest import PayloadSpec, UpdateManifest
 from edgeserve.wire.sync_messages import (
     ChunkRequest,
+    DesiredState,
     DeviceStatus,
     ReportedState,
     TelemetryAck,
@@ -22,11 +26,13 @@ from edgeserve.wire.sync_messages import (
 from edgeserve.wire.telemetry import OutboxEntry, TelemetryBatch, encode_batch
 from sync.handlers import (
     dispatch,
+    issue_assignments,
     on_reported,
     on_status,
     on_telemetry,
     on_update_request,
 )
+from sync.rollout import RolloutSpec
 from tests.unit.sync_setup import MODEL, Fleet, build_fleet
 
 DEVICE = "dev-1"
@@ -136,6 +142,49 @@ def test_chunk_request_is_served_one_window_at_a_time(fleet: Fleet) -> None:
         fleet.ctx, _topic("update_request", update_id=update_id), _request(list(range(count)))
     )
     assert [m.topic for m in out] == [topics.chunk(DEVICE, update_id, i) for i in (0, 1)]
+
+
+def _rolled_out(fleet: Fleet) -> tuple[str, PayloadSpec]:
+    """``dev-1`` (no model yet) assigned v2 by a running rollout: its update and payload."""
+    fleet.report(DEVICE)
+    _, assigns = fleet.ctx.controller.start(RolloutSpec(model=MODEL, version="2", stages=[1.0]))
+    (message,) = issue_assignments(fleet.ctx, assigns)
+    desired = DesiredState.model_validate_json(message.payload)
+    manifest = base64.b64decode(desired.models[MODEL].manifest)
+    spec = UpdateManifest.model_validate_json(manifest).payload
+    return spec.update_id, spec
+
+
+def _rot(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[0] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_payload_rotten_on_disk_is_rebuilt_and_the_update_issued_again(fleet: Fleet) -> None:
+    update_id, spec = _rolled_out(fleet)
+    _rot(fleet.store.payload_path(spec.sha256))
+    topic = _topic("update_request", update_id=update_id)
+
+    out = on_update_request(fleet.ctx, topic, _request([0]))
+
+    assert [m.topic for m in out] == [topics.desired(DEVICE)]  # the same update, issued again
+    assert fleet.corrupt("payload") == 1 and fleet.corrupt("artifact") == 0
+    (chunk,) = on_update_request(fleet.ctx, topic, _request([0]))
+    assert hashlib.sha256(chunk.payload).hexdigest() == spec.chunks[0]
+
+
+def test_a_rotten_artifact_fails_the_assignment_with_the_reason(fleet: Fleet) -> None:
+    update_id, spec = _rolled_out(fleet)
+    _rot(fleet.store.payload_path(spec.sha256))
+    _rot(fleet.store.artifact_path(fleet.cards["2"].sha256))
+
+    on_update_request(fleet.ctx, _topic("update_request", update_id=update_id), _request([0]))
+
+    (rollout,) = fleet.ctx.controller.list()
+    (device,) = rollout.devices
+    assert device.state == "failed" and "artifact of digits-edge v2 is corrupt" in device.reason
+    assert rollout.state == "halted" and fleet.corrupt("artifact") == 1
 
 
 def test_telemetry_batch_is_acknowledged(fleet: Fleet) -> None:
