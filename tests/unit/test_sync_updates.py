@@ -14,6 +14,7 @@ from edgeserve.security.signing import ensure_operator_key
 from edgeserve.wire.delta import apply_payload
 from edgeserve.wire.errors import IntegrityError, ModelNotFound, SignatureError
 from edgeserve.wire.manifest import UpdateManifest, verify_signed_manifest
+from edgeserve.wire.sync_messages import ReportedState, RunningModel
 from tests.unit.sync_setup import MODEL, Fleet, build_fleet
 
 
@@ -120,3 +121,35 @@ def test_manifests_near_expiry_are_signed_again_with_a_new_revision(fleet: Fleet
     assert len(refreshed) == 1 and refreshed[0].state.revision > first.state.revision
     manifest = _manifest(fleet, "on-v1")
     assert (manifest.version, manifest.rollback) == ("2", True)
+
+
+def _report_agent(fleet: Fleet, device_id: str, agent_version: str) -> None:
+    running = RunningModel(version="1", sha256=fleet.cards["1"].sha256, slot="slot-a")
+    fleet.registry.record_reported(
+        ReportedState(device_id=device_id, agent_version=agent_version, models={MODEL: running})
+    )
+
+
+@pytest.mark.parametrize(
+    ("agent_version", "refused"), [("0.1.0", "tensor-delta-2"), ("0.2.0", "tensor-delta")]
+)
+def test_each_agent_release_gets_a_delta_it_applies(
+    fleet: Fleet, agent_version: str, refused: str
+) -> None:
+    _report_agent(fleet, "dev", agent_version)
+    spec = fleet.issuer.issue("dev", MODEL, "2").spec
+    assert spec.encoding != refused and spec.base_version == "1"
+    payload = fleet.store.read_payload(spec.sha256)
+    rebuilt = apply_payload(spec.encoding, payload, fleet.artifacts["1"], len(fleet.artifacts["2"]))
+    assert rebuilt == fleet.artifacts["2"]
+
+
+def test_payloads_for_old_and_new_agents_are_cached_apart(fleet: Fleet) -> None:
+    _report_agent(fleet, "old", "0.1.0")
+    _report_agent(fleet, "new", "0.2.0")
+    fleet.issuer.issue("old", MODEL, "2")
+    fleet.issuer.issue("new", MODEL, "2")
+    base, new = fleet.cards["1"].sha256, fleet.cards["2"].sha256
+    old_cached, new_cached = (fleet.store.cached_delta(base, new, f) for f in (1, 2))
+    assert old_cached is not None and new_cached is not None
+    assert old_cached.encoding != "tensor-delta-2" and new_cached.encoding != "tensor-delta"
