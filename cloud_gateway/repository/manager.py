@@ -18,8 +18,13 @@ from pathlib import Path
 from typing import Any
 
 from cloud_gateway.backends import Backend, load_backend
-from cloud_gateway.backends.base import estimate_memory
 from cloud_gateway.repository.config import ModelConfig, artifact_path
+from cloud_gateway.repository.files import (
+    CHECKSUMS,
+    estimate_bytes,
+    verify_checksums,
+    version_files,
+)
 from cloud_gateway.scheduler import BatchingConfig, DynamicBatcher, Tensors
 from edgeserve.wire.errors import EdgeServeError, InternalError, ModelNotFound, Unavailable, shown
 
@@ -38,6 +43,7 @@ class LoadedVersion:
     batcher: DynamicBatcher
     loaded_at: float
     load_seconds: float
+    files_estimate: int = 0  # the memory estimate from every file of the model
     last_used: float = field(default_factory=time.monotonic)
     in_flight: int = 0
 
@@ -47,7 +53,8 @@ class LoadedVersion:
 
     @property
     def memory_bytes(self) -> int:
-        return self.backend.memory_bytes
+        # The backend sizes model.onnx alone; external data files count too.
+        return max(self.backend.memory_bytes, self.files_estimate)
 
 
 @dataclass(frozen=True, slots=True)
@@ -177,7 +184,7 @@ class ModelRepository:
                 entry = self.entry(name)
                 version = entry.versions[-1]
                 artifact = artifact_path(entry.path / version, entry.config.backend)
-                needed = estimate_memory(entry.config, artifact)
+                needed = estimate_bytes(entry.config, version_files(artifact, entry.config))
                 if self.memory_in_use + needed > self.memory_budget_bytes:
                     log.info("not preloaded: over the memory budget", extra={"model": name})
                     continue
@@ -223,7 +230,10 @@ class ModelRepository:
         try:
             # The estimate the backend will report once loaded, before paying for the load.
             artifact = artifact_path(entry.path / version, config.backend)
-            await self._make_room(estimate_memory(config, artifact), config.name)
+            files = version_files(artifact, config)
+            estimate = estimate_bytes(config, files)
+            await self._make_room(estimate, config.name)
+            checked = await asyncio.to_thread(verify_checksums, entry.path / version, files)
             backend = await asyncio.to_thread(load_backend, config, entry.path / version)
         except EdgeServeError as exc:
             self._failures[config.name] = exc.message
@@ -239,6 +249,7 @@ class ModelRepository:
             self._batcher(config, version, backend),
             loaded_at=time.time(),
             load_seconds=time.perf_counter() - started,
+            files_estimate=estimate,
         )
         loaded.batcher.start()
         self._loaded[(config.name, version)] = loaded
@@ -252,7 +263,9 @@ class ModelRepository:
                 "providers": backend.providers,
                 "device": backend.device,
                 "seconds": round(loaded.load_seconds, 3),
-                "bytes": backend.memory_bytes,
+                "bytes": loaded.memory_bytes,
+                "files": [path.name for path in files],
+                "checksums": CHECKSUMS if checked else None,
             },
         )
         self._changed()
