@@ -1,23 +1,30 @@
 """One MQTT connection for an asyncio service: paho-mqtt 2.x on its own thread, bridged.
 
 Both ends of the sync wire (the agent's sync client and the fleet's sync service) use
-``MqttLink``: it connects in the background and keeps reconnecting with backoff (the
-broker may be down at start), resubscribes after every connect, and hands each message
-to the event loop through a bounded queue — a flood of garbage fills the queue and is
-counted as dropped instead of growing memory without end. MQTT 5 with a persistent
-session (``clean_start=False``) so QoS 1 messages addressed to a briefly offline client
-wait for it at the broker.
+``MqttLink``: it connects in the background and keeps reconnecting with jittered
+exponential backoff (the broker may be down at start), resubscribes after every
+connect, and hands each message to the event loop through a bounded queue — a flood of
+garbage fills the queue and is counted as dropped instead of growing memory without
+end. MQTT 5 with a persistent session (``clean_start=False``) so QoS 1 messages
+addressed to a briefly offline client wait for it at the broker.
+
+paho's own backoff (``reconnect_delay_set(min, max)``) is deterministic: after a broker
+restart every client of the fleet waits 1, 2, 4, 8 s in step and the broker takes the
+whole fleet's reconnects in the same instants. So each link draws every wait itself
+(:class:`JitteredBackoff`, "full jitter": uniform up to the exponential bound) and hands
+paho exactly that one delay before paho waits.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Literal, cast
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
@@ -62,6 +69,33 @@ class Message:
     retain: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Backoff:
+    """Reconnect waits: the n-th (from 0) is uniform in ``[floor_s, min(cap_s, base_s * 2**n)]``."""
+
+    base_s: float = 1.0
+    cap_s: float = 30.0
+    floor_s: float = 0.1
+
+
+class JitteredBackoff:
+    """The waits of one client between failed connection attempts (sans I/O)."""
+
+    def __init__(self, policy: Backoff, rng: random.Random) -> None:
+        self.policy = policy
+        self.rng = rng
+        self.attempt = 0
+
+    def next_delay(self) -> float:
+        bound = min(self.policy.cap_s, self.policy.base_s * 2.0 ** min(self.attempt, 32))
+        self.attempt += 1
+        return self.rng.uniform(self.policy.floor_s, max(bound, self.policy.floor_s))
+
+    def reset(self) -> None:
+        """After a successful connect the next outage starts from the smallest bound."""
+        self.attempt = 0
+
+
 @dataclass(slots=True)
 class LinkStats:
     connects: int = 0
@@ -83,11 +117,15 @@ class MqttLink:
     session_expiry_s: int = 3600
     on_connect: Callable[[], None] | None = None
     stats: LinkStats = field(default_factory=LinkStats)
+    backoff: Backoff = field(default_factory=Backoff)
+    # Seeded from the OS by default, so no two clients draw the same waits.
+    rng: random.Random = field(default_factory=random.Random)
 
     def __post_init__(self) -> None:
         self.messages: asyncio.Queue[Message] = asyncio.Queue(self.queue_size)
         self.connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._waits = JitteredBackoff(self.backoff, self.rng)
         self._client = self._build_client()
 
     def _build_client(self) -> paho.Client:
@@ -113,13 +151,24 @@ class MqttLink:
             )
         if self.will is not None:
             client.will_set(self.will.topic, self.will.payload, qos=1, retain=self.will.retain)
-        client.reconnect_delay_set(min_delay=1, max_delay=8)
+        self._arm_reconnect(client)
         client.max_inflight_messages_set(64)
         client.max_queued_messages_set(0)
         client.on_connect = self._on_connect
+        client.on_connect_fail = self._on_connect_fail
         client.on_disconnect = self._on_disconnect
         client.on_message = self._on_message
         return client
+
+    def _arm_reconnect(self, client: paho.Client) -> None:
+        """Make paho's next wait the next jittered delay (min = max: paho doubles nothing).
+
+        paho runs its callbacks on its network thread just before it waits, so a
+        callback is the place to set the wait. It annotates the delays as int but only
+        adds them to a float clock, so a float is what it gets.
+        """
+        delay = cast(int, self._waits.next_delay())
+        client.reconnect_delay_set(min_delay=delay, max_delay=delay)
 
     # -- lifecycle (event loop) ---------------------------------------------------------
 
@@ -180,6 +229,7 @@ class MqttLink:
         if reason.is_failure:
             log.warning("broker refused connection", extra={"reason": str(reason)})
             return
+        self._waits.reset()
         self.stats.connects += 1
         if self.subscriptions:
             client.subscribe([(topic, 1) for topic in self.subscriptions])
@@ -200,8 +250,12 @@ class MqttLink:
         properties: Properties | None,
     ) -> None:
         self.stats.disconnects += 1
+        self._arm_reconnect(client)
         log.info("disconnected from broker", extra={"reason": str(reason)})
         self._to_loop(self.connected.clear)
+
+    def _on_connect_fail(self, client: paho.Client, userdata: object) -> None:
+        self._arm_reconnect(client)
 
     def _on_message(self, client: paho.Client, userdata: object, msg: paho.MQTTMessage) -> None:
         self.stats.received += 1
