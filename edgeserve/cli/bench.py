@@ -103,6 +103,16 @@ def bench_delta(
     run_delta_bench(out, big)
 
 
+@bench_app.command("external-data")
+def bench_external_data(
+    repeats: Annotated[int, typer.Option(help="loads per layout (medians)")] = 3,
+) -> None:
+    """A 100 MB ONNX model as one file vs model.onnx + model.onnx.data: load, RSS, hash."""
+    from edgeserve.bench.external_data import run_external_data_bench
+
+    run_external_data_bench(repeats)
+
+
 @bench_app.command("telemetry")
 def bench_telemetry(
     devices: int = 100,
