@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.metrics import SyncMetrics
+from edge_agent.updates.downloads import ChunksRotted
 from edgeserve import __version__
 from edgeserve.mqtt import Message
 from edgeserve.wire import topics
@@ -72,6 +73,8 @@ class SyncState:
     finishing: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # Manifests the updater could not take yet (another install of the model running).
     deferred: dict[str, SignedManifest] = field(default_factory=dict)
+    # How many of the updater's rotten chunks are already in the rejected counter.
+    rotted_counted: int = 0
 
 
 @dataclass(slots=True)
@@ -212,8 +215,18 @@ async def offer(ctx: SyncContext, name: str, envelope: SignedManifest) -> None:
         ctx.metrics.updates.labels("failed").inc()
         report_offer_failure(ctx, name, envelope, "download", f"storage: {exc}")
         return
+    count_rotted_chunks(ctx)
     if session is not None:
         await start_download(ctx, session)
+
+
+def count_rotted_chunks(ctx: SyncContext) -> None:
+    """One refusal per stored chunk that failed its hash on disk; the updater finds them
+    whenever it (re)opens or assembles a download, and drops them to be fetched again."""
+    found = ctx.updater.stats.chunks_rotted - ctx.state.rotted_counted
+    if found > 0:
+        ctx.metrics.rejected.labels("chunk_rotted").inc(found)
+        ctx.state.rotted_counted += found
 
 
 def report_offer_failure(
@@ -314,6 +327,7 @@ async def resend_stalled(ctx: SyncContext, now: float | None = None) -> int:
 async def resume_pending(ctx: SyncContext) -> None:
     """After a (re)connect: ask again for every download the updater has not finished."""
     sessions = await asyncio.to_thread(ctx.updater.pending)
+    count_rotted_chunks(ctx)
     for session in sessions:
         await start_download(ctx, session)
 
@@ -325,9 +339,21 @@ def start_finish(ctx: SyncContext, window: Window) -> None:
 
 
 async def finish(ctx: SyncContext, window: Window) -> None:
+    result: UpdateResult | None = None
     try:
         result = await asyncio.to_thread(ctx.updater.finish, window.update_id)
-        ctx.metrics.updates.labels("installed" if result.ok else "failed").inc()
+    except ChunksRotted as rotted:
+        log.warning("stored chunks rotted; fetching them again", extra={"detail": rotted.message})
+        count_rotted_chunks(ctx)
+        ctx.state.finishing.pop(window.update_id, None)
+        await request_window(ctx, window)  # the window stays open for the dropped chunks
+        return
+    except Exception:
+        log.exception("update finish failed", extra={"update_id": window.update_id})
+    ctx.state.windows.pop(window.update_id, None)
+    ctx.state.finishing.pop(window.update_id, None)
+    ctx.metrics.updates.labels("installed" if result is not None and result.ok else "failed").inc()
+    if result is not None:
         log.info(
             "update finished",
             extra={
@@ -339,12 +365,6 @@ async def finish(ctx: SyncContext, window: Window) -> None:
             },
         )
         ctx.publish(topics.update_result(ctx.device_id), result.to_bytes(), False)
-    except Exception:
-        log.exception("update finish failed", extra={"update_id": window.update_id})
-        ctx.metrics.updates.labels("failed").inc()
-    finally:
-        ctx.state.windows.pop(window.update_id, None)
-        ctx.state.finishing.pop(window.update_id, None)
     await publish_reported(ctx)
 
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edgeserve.durable import TMP_SUFFIX, fsync_dir, write_atomic
-from edgeserve.wire.errors import IntegrityError, InvalidInput
+from edgeserve.wire.errors import IntegrityError, InvalidInput, Unavailable
 from edgeserve.wire.manifest import (
     PayloadSpec,
     SignedManifest,
@@ -33,6 +33,19 @@ from edgeserve.wire.manifest import (
     parse_envelope,
     verify_signed_manifest,
 )
+
+
+class ChunksRotted(Unavailable):
+    """Stored chunks no longer match their hashes: they were dropped and must be fetched
+    again (not a failed update: the download simply is not complete any more)."""
+
+    def __init__(self, update_id: str, indices: list[int]) -> None:
+        super().__init__(
+            f"update {update_id}: {len(indices)} stored chunks no longer verify "
+            f"(first {indices[0]}); fetching them again"
+        )
+        self.indices = indices
+
 
 MANIFEST_NAME = "manifest.json"
 CHUNKS_NAME = "chunks"
@@ -61,6 +74,8 @@ class Download:
         self.envelope = envelope
         self.manifest = manifest
         self._have = have
+        # Chunks found rotten when this folder was (re)opened, for the updater's counters.
+        self.rotted_on_open = 0
 
     @classmethod
     def create(cls, root: Path, envelope: SignedManifest, manifest: UpdateManifest) -> Download:
@@ -75,7 +90,7 @@ class Download:
             # A full or failing disk: leave no half-made folder behind to hold space.
             shutil.rmtree(folder, ignore_errors=True)
             raise
-        return cls(folder, envelope, manifest, _verified_chunks(chunks, manifest.payload))
+        return cls._with_chunks(folder, envelope, manifest)
 
     @classmethod
     def open(cls, folder: Path, public_key: Ed25519PublicKey) -> Download:
@@ -91,7 +106,16 @@ class Download:
             raise IntegrityError(f"download {folder.name} holds the manifest of another update")
         chunks = folder / CHUNKS_NAME
         chunks.mkdir(exist_ok=True)
-        return cls(folder, envelope, manifest, _verified_chunks(chunks, manifest.payload))
+        return cls._with_chunks(folder, envelope, manifest)
+
+    @classmethod
+    def _with_chunks(
+        cls, folder: Path, envelope: SignedManifest, manifest: UpdateManifest
+    ) -> Download:
+        have, rotted = _verified_chunks(folder / CHUNKS_NAME, manifest.payload)
+        download = cls(folder, envelope, manifest, have)
+        download.rotted_on_open = rotted
+        return download
 
     @property
     def update_id(self) -> str:
@@ -151,7 +175,18 @@ class Download:
                 f"update {self.update_id}: {self.total - self.received} chunks missing"
             )
         folder = self.folder / CHUNKS_NAME
-        data = b"".join((folder / str(index)).read_bytes() for index in range(self.total))
+        chunks = [(folder / str(index)).read_bytes() for index in range(self.total)]
+        # Each chunk against its own hash: one that rotted since it arrived is dropped and
+        # fetched again, instead of failing the whole update on the payload's hash.
+        rotten = [
+            i for i, c in enumerate(chunks) if hashlib.sha256(c).hexdigest() != spec.chunks[i]
+        ]
+        if rotten:
+            for index in rotten:
+                (folder / str(index)).unlink(missing_ok=True)
+                self._have.discard(index)
+            raise ChunksRotted(self.update_id, rotten)
+        data = b"".join(chunks)
         digest = hashlib.sha256(data).hexdigest()
         if len(data) != spec.size or digest != spec.sha256:
             raise IntegrityError(
@@ -164,9 +199,11 @@ class Download:
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-def _verified_chunks(folder: Path, spec: PayloadSpec) -> set[int]:
-    """Indices of chunk files whose bytes match ``spec``; anything else is deleted."""
+def _verified_chunks(folder: Path, spec: PayloadSpec) -> tuple[set[int], int]:
+    """Indices of chunk files whose bytes match ``spec``, and how many chunks did not
+    (deleted, like any other stray file)."""
     have: set[int] = set()
+    rotted = 0
     for path in folder.iterdir():
         index = int(path.name) if path.name.isdigit() else -1
         if path.name.endswith(TMP_SUFFIX) or not 0 <= index < len(spec.chunks):
@@ -176,4 +213,5 @@ def _verified_chunks(folder: Path, spec: PayloadSpec) -> set[int]:
         else:
             log.warning("dropping a chunk that no longer verifies", extra={"chunk": index})
             path.unlink(missing_ok=True)
-    return have
+            rotted += 1
+    return have, rotted

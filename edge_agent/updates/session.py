@@ -19,6 +19,7 @@ class UpdateStats:
     chunks_accepted: int = 0
     chunks_duplicate: int = 0
     chunks_rejected: int = 0
+    chunks_rotted: int = 0
     bytes_received: int = 0
     installed: int = 0
     failed: dict[str, int] = field(default_factory=dict)

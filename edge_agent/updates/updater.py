@@ -30,7 +30,7 @@ from pathlib import Path
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
 from edge_agent.store import ModelStore, VerifiedModel, check_card_names
-from edge_agent.updates.downloads import UPDATE_ID, Download, check_payload_spec
+from edge_agent.updates.downloads import UPDATE_ID, ChunksRotted, Download, check_payload_spec
 from edge_agent.updates.rebuild import rebuild_artifact, wrong_base
 from edge_agent.updates.selftest import check_self_test, run_self_test
 from edge_agent.updates.session import UpdateSession, UpdateStats
@@ -162,7 +162,8 @@ class Updater:
 
         Never raises for a failed update: the result says ok=False, the stage and why,
         and the old model keeps serving. Raises ModelNotFound for an unknown update id
-        and Unavailable while chunks are missing or the update is already finishing.
+        and Unavailable while chunks are missing or the update is already finishing —
+        ChunksRotted when stored chunks failed their hashes and must be fetched again.
         """
         with self._lock:
             download = self._get(update_id)
@@ -176,6 +177,9 @@ class Updater:
         started = time.monotonic()
         try:
             return self._install(download, started)
+        except ChunksRotted as rotted:
+            self.stats.chunks_rotted += len(rotted.indices)
+            raise
         finally:
             with self._lock:
                 self._finishing.discard(update_id)
@@ -197,6 +201,8 @@ class Updater:
             self._on_step("self_tested")
             stage = "activate"
             self._switch(staged)
+        except ChunksRotted:
+            raise  # not a failed update: the download is incomplete again
         except Exception as exc:
             return self._failed(download, stage, exc, started)
         return self._done(download, started)
@@ -320,6 +326,7 @@ class Updater:
             return UpdateSession(current)
         self._supersede(manifest)
         download = Download.create(self._downloads, envelope, manifest)
+        self.stats.chunks_rotted += download.rotted_on_open
         self._sessions[update_id] = download
         log.info(
             "update offered",
@@ -384,11 +391,13 @@ class Updater:
             _remove(folder)
             return None
         try:
-            return Download.open(folder, self._public_key)
+            download = Download.open(folder, self._public_key)
         except EdgeServeError as exc:
             log.error("dropping an unusable download", extra={"reason": exc.message})
             _remove(folder)
             return None
+        self.stats.chunks_rotted += download.rotted_on_open
+        return download
 
 
 def _remove(path: Path) -> None:

@@ -296,6 +296,27 @@ def test_a_chunk_that_fails_its_hash_is_counted_and_asked_for_again(harness, tmp
     assert 0 in again.missing and again.missing == first.missing
 
 
+def test_a_chunk_that_rots_on_disk_is_counted_fetched_again_and_the_update_installs(
+    harness, tmp_path
+):
+    envelope, chunks = _release(harness.key, tmp_path, "2")
+    update_id = hashlib.sha256(b"".join(chunks)).hexdigest()[:32]
+    harness.feed(topics.desired(DEVICE), _desired(1, models={MODEL: envelope}))
+    for index in range(len(chunks) - 1):
+        harness.feed(topics.chunk(DEVICE, update_id, index), chunks[index])
+    (tmp_path / "agent" / "downloads" / update_id / "chunks" / "1").write_bytes(b"bit rot")
+
+    harness.feed(topics.chunk(DEVICE, update_id, len(chunks) - 1), chunks[-1])
+
+    assert harness.rejected("chunk_rotted") == 1
+    assert _requests(harness, update_id)[-1].missing == [1]
+    assert harness.published(topics.update_result(DEVICE)) == []
+    harness.feed(topics.chunk(DEVICE, update_id, 1), chunks[1])
+    (payload,) = harness.published(topics.update_result(DEVICE))
+    assert UpdateResult.model_validate_json(payload).ok
+    assert harness.ctx.core.model(MODEL).version == "2"
+
+
 # -- telemetry acks -----------------------------------------------------------------------------
 
 

@@ -454,6 +454,7 @@ def test_a_chunk_corrupted_on_disk_is_downloaded_again_after_restart(
     chunk.write_bytes(b"bit rot")
     restarted = _updater(core, key, config)
     assert restarted.missing(release.update_id, limit=2) == [1, 2]
+    assert restarted.stats.chunks_rotted == 1
 
 
 def test_artifact_over_the_device_limit_is_refused_before_download(core, key, tmp_path, config):
