@@ -7,14 +7,18 @@ same methods with ``wire`` types, and get ``wire`` types or ``EdgeServeError`` b
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from edge_agent.cache import ResultCache
 from edge_agent.config import AgentConfig
 from edge_agent.metrics import AgentMetrics
+from edge_agent.sessions import SessionLeases
 from edge_agent.store import ModelStore
 from edgeserve import __version__
 from edgeserve.artifacts import packaged_artifacts
@@ -37,6 +41,10 @@ class LoadedModel:
     slot: str
     output_names: list[str]
     run_seconds: Any  # the model's bound histogram child
+    leases: SessionLeases = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.leases = SessionLeases(self.session.close)
 
     @property
     def version(self) -> str:
@@ -52,6 +60,8 @@ class AgentCore:
         self.metrics = metrics
         self.cache = cache
         self._models: dict[str, LoadedModel] = {}
+        # Lookup-and-borrow and swap-and-retire are atomic under it (see edge_agent.sessions).
+        self._swap_lock = threading.Lock()
         self._options = RuntimeOptions(threads=config.runtime_threads)
 
     @classmethod
@@ -95,9 +105,11 @@ class AgentCore:
             [o.name for o in verified.card.outputs],
             self.metrics.inference_seconds.labels(name),
         )
-        old = self._models.get(name)
-        self._models[name] = model
+        with self._swap_lock:
+            old = self._models.get(name)
+            self._models[name] = model
         if old is not None:
+            old.leases.retire()  # its session closes once no request is running it
             self.metrics.model_loaded.remove(name, old.version, old.session.runtime_name)
         self.metrics.model_loaded.labels(name, model.version, session.runtime_name).set(1)
         log.info(
@@ -108,7 +120,7 @@ class AgentCore:
 
     def close(self) -> None:
         for model in self._models.values():
-            model.session.close()
+            model.leases.retire()
         self._models.clear()
 
     @property
@@ -159,16 +171,27 @@ class AgentCore:
         The answer is not cached here: the router owns the result cache, for routed and
         unrouted models alike, because only it knows the final answer.
         """
-        model = self.model(request.model_name, request.model_version)
-        card = model.card
-        arrays = validate_inputs(card.name, card.inputs, request.inputs, self.config.max_batch)
-        wanted = self.wanted_outputs(model, request)
-        start = time.perf_counter()
-        results = model.session.run(arrays, model.output_names)
+        with self.borrow(request.model_name, request.model_version) as model:
+            card = model.card
+            arrays = validate_inputs(card.name, card.inputs, request.inputs, self.config.max_batch)
+            wanted = self.wanted_outputs(model, request)
+            start = time.perf_counter()
+            results = model.session.run(arrays, model.output_names)
         self.metrics.inference_seconds.labels(model.card.name).observe(time.perf_counter() - start)
         outputs = [InferTensor.from_numpy(name, results[name]) for name in wanted]
         parameters = self._answer_parameters(model, results)
         return self.respond(model, request, outputs, parameters, False)
+
+    @contextmanager
+    def borrow(self, name: str, version: str | None = None) -> Iterator[LoadedModel]:
+        """The served model, its session kept open until the block ends even if swapped."""
+        with self._swap_lock:
+            model = self.model(name, version)
+            model.leases.acquire()
+        try:
+            yield model
+        finally:
+            model.leases.release()
 
     def wanted_outputs(self, model: LoadedModel, request: InferRequest) -> list[str]:
         if not request.outputs:
