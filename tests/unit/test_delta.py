@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import tracemalloc
 from collections.abc import Callable
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -24,7 +25,7 @@ from edgeserve.wire.delta import (
     zstd_codec,
 )
 from edgeserve.wire.delta import tensor_delta as td
-from edgeserve.wire.delta.onnx_layout import NotOnnx, TensorRange, tensor_ranges
+from edgeserve.wire.delta.onnx_layout import ExternalData, NotOnnx, TensorRange, tensor_ranges
 from edgeserve.wire.errors import IntegrityError
 from edgeserve.wire.manifest import PayloadEncoding
 
@@ -413,3 +414,23 @@ def test_a_rescaled_tensor_codes_to_almost_nothing() -> None:
     choice = transforms.choose(tensor, new.view(np.uint8), base.view(np.uint8))
     assert choice.kind == transforms.FSCALE
     assert np.count_nonzero(choice.data) < 0.05 * choice.data.size
+
+
+def with_external_data(model: bytes, folder: Path) -> bytes:
+    """``model`` saved as model.onnx + model.onnx.data: the .onnx bytes name the data file."""
+    path = folder / "model.onnx"
+    onnx.save_model(
+        onnx.load_from_string(model), path, save_as_external_data=True,
+        all_tensors_to_one_file=True, location="model.onnx.data", size_threshold=0,
+    )  # fmt: skip
+    return path.read_bytes()
+
+
+@pytest.mark.parametrize("side", ["new", "base"])
+def test_a_model_with_external_data_is_refused_by_name(side: str, tmp_path: Path) -> None:
+    external = with_external_data(INT8_LAYER, tmp_path)
+    new, base = (external, INT8_LAYER) if side == "new" else (INT8_LAYER, external)
+    with pytest.raises(ExternalData, match=r"'w_quantized' is stored as external data"):
+        build_payload(new, base)
+    with pytest.raises(ExternalData):
+        tensor_ranges(external)

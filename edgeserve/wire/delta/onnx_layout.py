@@ -8,6 +8,11 @@ field numbers: ``ModelProto.graph`` (7), ``GraphProto.initializer`` (5) and, ins
 ``TensorProto``, ``data_type`` (2), ``name`` (8) and ``raw_data`` (9). Anything that does
 not walk cleanly to the end raises :class:`NotOnnx`; the caller then falls back to codecs
 that need no structure.
+
+A model that keeps initializers in *external data* (``model.onnx`` + ``model.onnx.data``,
+as torch's exporter writes large models) is refused with :class:`ExternalData`: an
+artifact is one file with one hash, the weights are not in it, so no delta of it (and
+no full payload either) rebuilds a model a device can run.
 """
 
 from __future__ import annotations
@@ -15,13 +20,25 @@ from __future__ import annotations
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-__all__ = ["NotOnnx", "TensorRange", "element_width", "is_integer_type", "tensor_ranges"]
+from edgeserve.wire.errors import InvalidInput
+
+__all__ = [
+    "ExternalData",
+    "NotOnnx",
+    "TensorRange",
+    "element_width",
+    "is_integer_type",
+    "tensor_ranges",
+]
 
 _MODEL_GRAPH = 7
 _GRAPH_INITIALIZER = 5
 _TENSOR_DATA_TYPE = 2
 _TENSOR_NAME = 8
 _TENSOR_RAW_DATA = 9
+_TENSOR_EXTERNAL_DATA = 13
+_TENSOR_DATA_LOCATION = 14
+_EXTERNAL = 1  # TensorProto.DataLocation.EXTERNAL
 
 _VARINT, _FIXED64, _LENGTH, _FIXED32 = 0, 1, 2, 5
 
@@ -37,6 +54,17 @@ _INTEGER_TYPES = frozenset({2, 3, 4, 5, 6, 7, 9, 12, 13, 21, 22})
 
 class NotOnnx(ValueError):
     """The bytes are not a protobuf ModelProto this walker can read."""
+
+
+class ExternalData(InvalidInput):
+    """The model keeps weights in a file beside it, which no artifact hash covers."""
+
+    def __init__(self, tensor: str) -> None:
+        super().__init__(
+            f"ONNX initializer {tensor!r} is stored as external data (model.onnx.data), "
+            "outside the artifact; save the model as one file: "
+            "onnx.save(onnx.load(path), path, save_as_external_data=False)"
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,7 +131,7 @@ def _fields(data: bytes | memoryview, start: int, end: int) -> Iterator[tuple[in
 
 
 def _tensor(data: memoryview, start: int, end: int) -> TensorRange | None:
-    name, data_type, raw = "", 0, None
+    name, data_type, raw, external = "", 0, None, False
     for field, wire, value, length in _fields(data, start, end):
         if field == _TENSOR_NAME and wire == _LENGTH:
             try:
@@ -114,6 +142,12 @@ def _tensor(data: memoryview, start: int, end: int) -> TensorRange | None:
             data_type = value
         elif field == _TENSOR_RAW_DATA and wire == _LENGTH:
             raw = (value, length)
+        elif field == _TENSOR_EXTERNAL_DATA or (
+            field == _TENSOR_DATA_LOCATION and wire == _VARINT and value == _EXTERNAL
+        ):
+            external = True
+    if external:
+        raise ExternalData(name)
     if raw is None or raw[1] == 0:
         return None
     return TensorRange(name, data_type, element_width(data_type), raw[0], raw[1])
@@ -123,7 +157,8 @@ def tensor_ranges(model: bytes) -> list[TensorRange]:
     """The ``raw_data`` ranges of every top-level initializer, in file order.
 
     Raises :class:`NotOnnx` when the bytes do not walk as a ModelProto or hold no graph
-    initializer with raw data (a TFLite file or random bytes, say).
+    initializer with raw data (a TFLite file or random bytes, say), and
+    :class:`ExternalData` when an initializer's bytes live in another file.
     """
     view = memoryview(model)
     found: list[TensorRange] = []
