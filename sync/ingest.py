@@ -169,17 +169,20 @@ def _contiguous(
 
 def _summary(registry: Registry, row: tuple[Any, ...], devices: list[DeviceRow]) -> VersionSummary:
     model, version, reporting, requests, rows, escalated, agreement, errors, degraded, hits = row
-    latencies = np.fromiter(
-        (
-            lat
-            for (lat,) in registry.conn.execute(
-                "SELECT latency_ms FROM telemetry_requests WHERE model = ? AND version = ?",
-                (model, version),
-            )
-        ),
+    measured = np.array(
+        registry.conn.execute(
+            "SELECT latency_ms, confidence FROM telemetry_requests WHERE model = ? AND version = ?",
+            (model, version),
+        ).fetchall(),
         dtype=np.float64,
-    )
+    ).reshape(-1, 2)  # a NULL confidence (unscored) reads as nan
+    latencies, scores = measured[:, 0], measured[:, 1]
     p50, p99 = np.percentile(latencies, [50, 99]) if latencies.size else (0.0, 0.0)
+    scores = scores[~np.isnan(scores)]
+    quantiles = None
+    if scores.size:
+        low, middle, high = np.percentile(scores, [10, 50, 90]).tolist()
+        quantiles = (low, middle, high)
     dropped = registry.conn.execute(
         "SELECT COALESCE(SUM(dropped), 0) FROM telemetry_cursor WHERE device_id IN"
         " (SELECT DISTINCT device_id FROM telemetry_requests WHERE model = ? AND version = ?)",
@@ -200,4 +203,5 @@ def _summary(registry: Registry, row: tuple[Any, ...], devices: list[DeviceRow])
         degraded_rate=float(degraded),
         cache_hit_rate=float(hits),
         dropped=int(dropped),
+        score_quantiles=quantiles,
     )

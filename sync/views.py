@@ -122,6 +122,9 @@ class VersionSummary:
     that report running it now. Rates are over requests; ``agreement`` is the mean of the
     edge/cloud agreement of escalated requests (None when none was measured); ``dropped``
     sums the all-time drop counters of the devices that reported this version.
+    ``score_quantiles`` is the 10th/50th/90th percentile of the requests' router scores
+    (their lowest row's): a shift in the inputs shows there first, even while each device
+    holds its escalation rate.
     """
 
     model: str
@@ -138,3 +141,4 @@ class VersionSummary:
     degraded_rate: float
     cache_hit_rate: float
     dropped: int
+    score_quantiles: tuple[float, float, float] | None = None
