@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -219,7 +220,8 @@ def _plot(rows: list[DeltaRow], path: Path) -> None:
         axis.set_yscale("log")
         axis.set_ylim(floor, 1000)
         axis.axhline(LAST_LAYER_GOAL_PERCENT, color="grey", linestyle=":", linewidth=1)
-        axis.set_xticks(positions, [c.replace(" ", "\n", 1) for c in CASES], fontsize=7)
+        labels = [textwrap.fill(c, 12, break_on_hyphens=False) for c in CASES]
+        axis.set_xticks(positions, labels, fontsize=7)
         axis.set_ylabel("payload, % of the new model (log)")
         axis.set_title(model, fontsize=9)
         axis.legend(fontsize=7, loc="upper center", ncol=len(methods))
