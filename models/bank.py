@@ -24,6 +24,9 @@ from edgeserve.wire.trust import TrustBank, bank_bytes
 
 BANK_FILE = "digits-edge.bank.npz"
 DEFAULT_K = 3
+# The class-wise cap a build applies: the digits have ~100 training examples per class,
+# so it cuts nothing today; it bounds the bank (and the score's cost) as data grows.
+DEFAULT_MAX_PER_CLASS = 500
 # Weights tried for max-probability; 0 and 1 are left out on purpose: the k-NN share
 # alone takes only k + 1 values (ties no threshold can split), p alone is the old score.
 WEIGHT_GRID = tuple(round(0.05 * i, 2) for i in range(1, 20))
@@ -59,7 +62,7 @@ def write_bank(
     x: npt.NDArray[Any],
     y: npt.NDArray[Any],
     k: int = DEFAULT_K,
-    max_per_class: int | None = None,
+    max_per_class: int | None = DEFAULT_MAX_PER_CLASS,
     seed: int = 0,
 ) -> ReferenceBank:
     """Write the bank file into ``out_dir`` and return its card entry."""
