@@ -63,11 +63,21 @@ class Router:
         self._controllers: dict[str, tuple[RouterPolicy, str, RateController]] = {}
         self._collector = RouterCollector(self)
         core.metrics.registry.register(self._collector)
+        self._warm_banks()
 
     async def close(self) -> None:
         self.core.metrics.registry.unregister(self._collector)
         if self.escalation is not None:
             await self.escalation.close()
+
+    def _warm_banks(self) -> None:
+        """Read and verify the banks of the models served now, so the first request does
+        not pay for it on the event loop (a model swapped in later loads its own)."""
+        for name in self.core.model_names():
+            model = self.core.model(name)
+            policy = self.policy(model)
+            if policy is not None and policy.score == "trust":
+                self._banks.bank(model.card, model.slot)
 
     @property
     def bank_failures(self) -> int:

@@ -69,13 +69,22 @@ def test_the_card_routes_on_the_trust_score_from_its_verified_bank(router):
     np.testing.assert_allclose(answer.parameters["confidence"], expected, atol=1e-5)
 
 
-def test_a_missing_bank_falls_back_to_max_probability_and_is_counted(core, router):
+def test_a_missing_bank_falls_back_to_max_probability_and_is_counted(core):
     model = core.model(MODEL)
     assert model.card.bank is not None
     (core.store.root / MODEL / model.slot / model.card.bank.file).unlink()
+    router = Router(core, BoundedExecutor(1, 4), None, None, "escalate", 0.05)
     answer = _ask(router, _test_digits(1))
     assert answer.parameters["score"] == "max_probability"
     assert core.metrics.registry.get_sample_value("edgeserve_agent_router_bank_failures_total") == 1
+    asyncio.run(router.close())
+
+
+def test_the_bank_is_read_when_the_router_starts_not_on_the_first_request(core, router):
+    model = core.model(MODEL)
+    assert model.card.bank is not None
+    (core.store.root / MODEL / model.slot / model.card.bank.file).unlink()
+    assert _ask(router, _test_digits(1)).parameters["score"] == "trust"
 
 
 def test_an_altered_bank_fails_the_slot_like_altered_model_bytes(core):
