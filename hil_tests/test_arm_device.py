@@ -117,7 +117,7 @@ def device(arm_target: ArmTarget, tmp_path_factory: pytest.TempPathFactory) -> I
 
 @dataclass(frozen=True)
 class Installed:
-    python: str  # the interpreter of the venv edgeserve[edge] was installed into
+    python: str  # the interpreter of the venv edgeserve[edge,cpu] was installed into
     by: str  # "install-agent.sh" or "pip"
     paths: dict[str, str]  # the installer's folders, when it was used
 
@@ -130,13 +130,13 @@ def can_use_installer(device: Device, script: str) -> bool:
 
 @pytest.fixture(scope="module")
 def installed(device: Device) -> Iterator[Installed]:
-    """edgeserve[edge] on the device: through deploy/install-agent.sh where it can run
+    """edgeserve[edge,cpu] on the device: through deploy/install-agent.sh where it can run
     (into folders of its own, under a user of its own, purged afterwards), else pip."""
     source = f"{device.workdir}/edgeserve-src"
     script = f"{source}/deploy/install-agent.sh"
     if not can_use_installer(device, script):
         venv = f"{device.workdir}/venv"
-        device.run(f"python3 -m venv {venv} && {venv}/bin/pip install -q '{source}[edge]'",
+        device.run(f"python3 -m venv {venv} && {venv}/bin/pip install -q '{source}[edge,cpu]'",
                    timeout=INSTALL_TIMEOUT_S)  # fmt: skip
         yield Installed(f"{venv}/bin/python", "pip", {})
         return
