@@ -183,15 +183,24 @@ class PayloadBuilds:
         return out
 
     def close(self) -> None:
-        self._discard_pool()
+        """Stop the worker, and any build it is running (no payload is half stored)."""
+        self._discard_pool(stop_running=True)
         self._running.clear()
         self._events.close()
         self._events.join_thread()
 
-    def _discard_pool(self) -> None:
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+    def _discard_pool(self, stop_running: bool = False) -> None:
+        pool, self._pool = self._pool, None
+        if pool is None:
+            return
+        if stop_running:
+            # A build can take tens of seconds and shutdown would wait for it; its output
+            # lands by atomic rename, so stopping it midway leaves no partial payload
+            # under a content address (at most a temporary file in the store's tmp/).
+            # (Python 3.14 has ProcessPoolExecutor.terminate_workers for this.)
+            for process in list(pool._processes.values()):
+                process.terminate()
+        pool.shutdown(wait=True, cancel_futures=True)
 
     def _executor(self) -> ProcessPoolExecutor:
         if self._pool is None:

@@ -149,3 +149,18 @@ def test_a_failed_build_is_reported_once_with_its_error(tmp_path: Path) -> None:
     finally:
         builds.close()
     assert finished[0].payload is None and "not in the store" in finished[0].error
+
+
+def test_closing_stops_a_running_build_instead_of_waiting_for_it(tmp_path: Path) -> None:
+    store = ArtifactStore(tmp_path / "store")
+    base = store.put_artifact(wide_model(0))
+    new = store.put_artifact(wide_model(0, tuned=True))
+    builds = PayloadBuilds(store.root)
+    builds.start((base, new, 2))
+
+    def delta_stage() -> bool:
+        return any(p.stage == "tensor-delta-2" for p in builds.progress())
+
+    wait_until(delta_stage, 120, "the worker to reach the delta")
+    builds.close()
+    assert store.cached_delta(base, new, 2) is None  # stopped, not waited for
