@@ -176,17 +176,22 @@ class UpdateIssuer:
         """Re-sign every desired manifest that expires within ``margin_s``.
 
         Desired states are retained for devices that may stay offline for a long time; a
-        manifest that expired on the broker would be refused when the device returns.
+        manifest that expired on the broker would be refused when the device returns. A
+        device whose payload must be built anew (its agent was upgraded, say) gets its
+        refreshed manifest from :meth:`issue_waiting` once the build is done.
         """
         refreshed = []
         deadline = self.clock() + margin_s
         for state in self.registry.all_desired():
             for model, envelope in state.models.items():
                 manifest = _own_manifest(envelope)
-                if manifest.expires_at <= deadline:
-                    refreshed.append(
-                        self.issue(state.device_id, model, manifest.version, manifest.rollback)
-                    )
+                if manifest.expires_at > deadline:
+                    continue
+                try:
+                    issued = self.issue(state.device_id, model, manifest.version, manifest.rollback)
+                except BuildPending:
+                    continue
+                refreshed.append(issued)
         return refreshed
 
     def _version(self, model: str, version: str) -> VersionRow:

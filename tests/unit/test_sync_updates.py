@@ -9,12 +9,16 @@ import pytest
 
 from edge_agent.store import VerifiedModel
 from edge_agent.updates.selftest import run_self_test
+from edgeserve.polling import wait_until
 from edgeserve.runtimes import RuntimeOptions
 from edgeserve.security.signing import ensure_operator_key
+from edgeserve.wire import topics
 from edgeserve.wire.delta import apply_payload
 from edgeserve.wire.errors import IntegrityError, ModelNotFound, SignatureError
 from edgeserve.wire.manifest import UpdateManifest, verify_signed_manifest
 from edgeserve.wire.sync_messages import ReportedState, RunningModel
+from sync.builds import PayloadBuilds
+from sync.metrics import SyncMetrics
 from tests.unit.sync_setup import MODEL, Fleet, build_fleet
 
 
@@ -153,3 +157,24 @@ def test_payloads_for_old_and_new_agents_are_cached_apart(fleet: Fleet) -> None:
     old_cached, new_cached = (fleet.store.cached_delta(base, new, f) for f in (1, 2))
     assert old_cached is not None and new_cached is not None
     assert old_cached.encoding != "tensor-delta-2" and new_cached.encoding != "tensor-delta"
+
+
+def test_a_refresh_that_needs_a_new_build_issues_the_rest_and_that_one_later(
+    tmp_path: Path,
+) -> None:
+    fleet = build_fleet(tmp_path)
+    _report_agent(fleet, "old", "0.1.0")
+    _report_agent(fleet, "new", "0.1.0")
+    for device in ("old", "new"):
+        fleet.issuer.issue(device, MODEL, "2")
+    _report_agent(fleet, "new", "0.2.0")  # upgraded: its payload is built anew
+    builds = PayloadBuilds(fleet.store.root)
+    fleet.issuer.builds = builds
+    try:
+        refreshed = fleet.issuer.refresh_expiring(margin_s=2 * fleet.issuer.manifest_ttl_s)
+        assert [issued.state.device_id for issued in refreshed] == ["old"]
+        metrics = SyncMetrics()
+        later = wait_until(lambda: fleet.issuer.issue_waiting(metrics), 120, "the new build")
+    finally:
+        builds.close()
+    assert [message.topic for message in later] == [topics.desired("new")]
