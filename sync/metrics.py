@@ -52,6 +52,18 @@ class SyncMetrics:
             ["encoding"],
             registry=self.registry,
         )
+        self.payload_builds = Counter(
+            "edgeserve_sync_payload_builds",
+            "Update payloads built in the worker process, by outcome (done, failed)",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.payload_builds_running = Gauge(
+            "edgeserve_sync_payload_builds_running",
+            "Payload builds in the worker, by the stage each is on (queued, zstd, ...)",
+            ["stage"],
+            registry=self.registry,
+        )
         self.rollouts = Gauge(
             "edgeserve_sync_rollouts",
             "Rollouts by state",
