@@ -150,6 +150,7 @@ class UpdateIssuer:
             return []
         out = []
         for finished in self.builds.finished():
+            metrics.payload_builds.labels("failed" if finished.payload is None else "done").inc()
             if finished.payload is None:
                 self._failed.add(finished.key)
             for waiting in self._waiting.pop(finished.key, []):
@@ -166,6 +167,9 @@ class UpdateIssuer:
                     continue
                 metrics.issued.labels(issued.spec.encoding).inc()
                 out.append(issued.message)
+        metrics.payload_builds_running.clear()
+        for progress in self.builds.progress():
+            metrics.payload_builds_running.labels(progress.stage).inc()
         return out
 
     def close(self) -> None:

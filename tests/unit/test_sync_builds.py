@@ -11,6 +11,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from edgeserve.artifacts import packaged_artifacts
+from edgeserve.client import metric_value
 from edgeserve.polling import wait_until
 from edgeserve.wire import topics
 from edgeserve.wire.delta import TENSOR_DELTA_2_SINCE, apply_payload
@@ -110,12 +111,17 @@ def test_a_device_message_is_handled_while_a_big_delta_builds(
     device = sync.registry.device("dev-b")
     assert device is not None and device.online
     assert _building(sync, "tensor-delta-2") is not None, "the build ended before the message"
+    sync.tick()
+    running = 'edgeserve_sync_payload_builds_running{stage="tensor-delta-2"}'
+    assert metric_value(sync.metrics.render().decode(), running) == 1
 
     def issued() -> DesiredState | None:
         sync.tick()
         return _desired(published, "dev-a")
 
     state = wait_until(issued, 180, "the update issued once its payload is built")
+    exposition = sync.metrics.render().decode()
+    assert metric_value(exposition, 'edgeserve_sync_payload_builds_total{outcome="done"}') == 1
     key = sync.ctx.issuer.key.public
     manifest = verify_signed_manifest(state.models[MODEL], key)
     assert manifest.payload.encoding == "tensor-delta-2"
