@@ -74,7 +74,8 @@ class Backoff:
     """Reconnect waits: the n-th (from 0) is uniform in ``[floor_s, min(cap_s, base_s * 2**n)]``."""
 
     base_s: float = 1.0
-    cap_s: float = 30.0
+    # paho's old fixed maximum: no client waits longer than before for a broker back up.
+    cap_s: float = 8.0
     floor_s: float = 0.1
 
 
