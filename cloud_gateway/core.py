@@ -12,9 +12,7 @@ costs its senders, not the compliant tenants.
 from __future__ import annotations
 
 import asyncio
-import random
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -246,7 +244,8 @@ class GatewayCore:
         assert live is not None
         principal = admission.principal
         arm = live.assign(live.routing_key(request.parameters, header))
-        request.id = request.id or uuid.uuid4().hex  # the key feedback comes back with
+        if request.id is None and live.feedback:
+            request.id = live.request_id()  # the key feedback comes back with
         started = time.perf_counter()
         try:
             loaded = await self.repository.get(live.model, arm.version)
@@ -262,11 +261,12 @@ class GatewayCore:
             raise
         response = self._response(loaded, request, results, wanted)
         predicted = response.parameters.get("prediction")
-        live.served(arm, request.id, predicted, time.perf_counter() - started)
-        share = live.spec.settings.shadow_fraction
-        if arm is live.spec.control and (share >= 1.0 or random.random() < share):
-            live.mirror(Mirrored(request.id, arrays, predicted, results))
-        response.parameters.update(experiment=live.name, arm=arm.name)
+        live.served(arm, request.id or "", predicted, time.perf_counter() - started)
+        if live.mirrors(arm):
+            live.mirror(Mirrored(request.id or "", arrays, predicted, results))
+        parameters = response.parameters
+        parameters["experiment"] = live.name
+        parameters["arm"] = arm.name
         return self._finish(admission, loaded, response)
 
     def _finish(

@@ -12,16 +12,18 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
+import random
+import secrets
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import numpy.typing as npt
 
-from cloud_gateway.experiments.spec import Arm, ExperimentSpec
+from cloud_gateway.experiments.spec import Arm, ExperimentSpec, pick
 from cloud_gateway.experiments.store import Prediction
 from cloud_gateway.experiments.tally import Tally
 from cloud_gateway.repository.config import ModelConfig
@@ -32,12 +34,14 @@ log = logging.getLogger(__name__)
 Tensors = dict[str, npt.NDArray[Any]]
 # (model, version, inputs) -> (the version's config, its outputs), at the lowest priority.
 ShadowRun = Callable[[str, str, Tensors], Awaitable[tuple[ModelConfig, Tensors]]]
-SHADOW_BATCH = 32  # mirrored requests handed to the shadow's batcher at once
+SHADOW_BATCH = 64  # mirrored requests handed to the shadow's batcher at once, at most
+# After the first copy, the shadow waits this long for more: fewer, larger runs cost the
+# event loop (and the GIL) far less per copy than one run per primary batch.
+SHADOW_LINGER_S = 0.01
 MAX_PREDICTIONS = 100_000  # kept between flushes; beyond, the oldest are not recorded
 
 
-@dataclass(frozen=True, slots=True)
-class Mirrored:
+class Mirrored(NamedTuple):  # one per mirrored request: a tuple is the cheapest to build
     request_id: str
     inputs: Tensors
     control_labels: list[str] | None
@@ -49,7 +53,19 @@ class LiveExperiment:
         self.spec = spec
         self.name = spec.name
         self.model = spec.model
+        # Read on every request: looked up once here, not through the spec each time.
+        self.control = spec.control
+        self.shadow = spec.shadow
+        self.shadow_fraction = spec.settings.shadow_fraction if self.shadow else 0.0
+        self.feedback = spec.settings.feedback
+        self._edges = spec.edges()
         self._run_shadow = run_shadow
+        # Ids for answers that came without one: a random prefix per process and a
+        # counter, unique across workers and restarts without a syscall per request
+        # (uuid4 reads the kernel's random source each time, which costs where syscalls
+        # are dear, as under gVisor).
+        self._id_prefix = secrets.token_hex(6)
+        self._ids = itertools.count()
         self._tallies: dict[str, Tally] = {}
         self._predictions: list[Prediction] = []
         self._queue: asyncio.Queue[Mirrored] = asyncio.Queue(spec.settings.shadow_queue)
@@ -72,13 +88,21 @@ class LiveExperiment:
         return None
 
     def assign(self, key: str | None) -> Arm:
-        return self.spec.assign(key)
+        return pick(self.name, self._edges, self.control, key)
+
+    def mirrors(self, arm: Arm) -> bool:
+        """Whether this answer is copied to the shadow (control answers, by fraction)."""
+        share = self.shadow_fraction
+        return arm is self.control and share > 0.0 and (share >= 1.0 or random.random() < share)
+
+    def request_id(self) -> str:
+        return f"{self._id_prefix}-{next(self._ids)}"
 
     def served(self, arm: Arm, request_id: str, labels: list[str] | None, seconds: float) -> None:
         tally = self.tally(arm)
         tally.requests += 1
         tally.latency.observe(seconds)
-        if labels is not None and self.spec.settings.feedback:
+        if labels is not None and self.feedback:
             self._record(Prediction(request_id, self.name, arm.version, labels))
 
     def failed(self, arm: Arm, seconds: float) -> None:
@@ -89,7 +113,7 @@ class LiveExperiment:
 
     def mirror(self, item: Mirrored) -> bool:
         """Queue a copy for the shadow; False (and counted) when the queue is full."""
-        shadow = self.spec.shadow
+        shadow = self.shadow
         if shadow is None:
             return False
         try:
@@ -129,6 +153,7 @@ class LiveExperiment:
     async def _shadow_loop(self, arm: Arm) -> None:
         while True:
             items = [await self._queue.get()]
+            await asyncio.sleep(SHADOW_LINGER_S)
             while len(items) < SHADOW_BATCH and not self._queue.empty():
                 items.append(self._queue.get_nowait())
             for group in _same_signature(items):
@@ -154,9 +179,13 @@ class LiveExperiment:
         start = 0
         for item in items:
             rows = len(item.inputs[names[0]])
-            own = None if labels is None else labels[start : start + rows]
-            sliced = {name: value[start : start + rows] for name, value in outputs.items()}
-            agreed = _agreements(item, own, sliced)
+            if labels is not None and item.control_labels is not None:
+                own = labels[start : start + rows]
+                agreed = [a == b for a, b in zip(item.control_labels, own, strict=False)]
+            else:
+                own = None
+                sliced = {name: value[start : start + rows] for name, value in outputs.items()}
+                agreed = _same_rows(item.control_outputs, sliced)
             self.served(arm, item.request_id, own, elapsed)
             tally.compared += len(agreed)
             tally.agreed += sum(agreed)
@@ -183,13 +212,6 @@ def _same_signature(items: list[Mirrored]) -> list[list[Mirrored]]:
         key = tuple((n, a.shape[1:], a.dtype.str) for n, a in sorted(item.inputs.items()))
         groups.setdefault(key, []).append(item)
     return list(groups.values())
-
-
-def _agreements(item: Mirrored, labels: list[str] | None, outputs: Tensors) -> list[bool]:
-    """Per row: same top label as the control or, without labels, the same outputs."""
-    if labels is not None and item.control_labels is not None:
-        return [a == b for a, b in zip(item.control_labels, labels, strict=False)]
-    return _same_rows(item.control_outputs, outputs)
 
 
 def _same_rows(control: Tensors, shadow: Tensors) -> list[bool]:

@@ -87,14 +87,28 @@ class ExperimentSpec:
 
     def assign(self, key: str | None) -> Arm:
         """The split arm for ``key`` (no key: a weighted random draw, not sticky)."""
-        point = _point(self.name, key) if key is not None else random.random()
+        return pick(self.name, self.edges(), self.control, key)
+
+    def edges(self) -> tuple[tuple[float, Arm], ...]:
+        """Each split arm with the upper end of its share of [0, 1); a stopped arm's
+        share is the control's."""
         total = sum(arm.weight for arm in self.split)
+        edges: list[tuple[float, Arm]] = []
         edge = 0.0
         for arm in self.split:
             edge += arm.weight / total
-            if point < edge:
-                return arm if arm.stopped is None else self.control
-        return self.control
+            edges.append((edge, arm if arm.stopped is None else self.control))
+        return tuple(edges)
+
+
+def pick(
+    experiment: str, edges: tuple[tuple[float, Arm], ...], control: Arm, key: str | None
+) -> Arm:
+    point = _point(experiment, key) if key is not None else random.random()
+    for edge, arm in edges:
+        if point < edge:
+            return arm
+    return control
 
 
 def _point(experiment: str, key: str) -> float:
@@ -119,8 +133,8 @@ def _check(spec: ExperimentSpec) -> None:
         raise InvalidInput(f"each version may be in one arm only, got {versions}")
     if spec.key_header is not None and spec.key_parameter is not None:
         raise InvalidInput("the sticky key comes from a header or a parameter, not both")
-    if not 0.0 < spec.settings.shadow_fraction <= 1.0:
-        raise InvalidInput("shadow_fraction must be in (0, 1]")
+    if not 0.0 <= spec.settings.shadow_fraction <= 1.0:
+        raise InvalidInput("shadow_fraction must be in [0, 1] (0: mirroring paused)")
     if spec.settings.shadow_queue < 1:
         raise InvalidInput("shadow_queue must be at least 1")
     if not 0.0 < spec.settings.min_agreement <= 1.0:

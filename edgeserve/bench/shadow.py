@@ -2,12 +2,14 @@
 primary, at concurrency 32, on a real gateway process under wrk.
 
 The repository holds ``digits-cloud`` twice: version 2 the packaged CNN (the default, and
-the control), version 1 the packaged edge MLP (the shadow: a real candidate). Rounds are
-interleaved: the gateway alone (no experiment), then the same gateway with an experiment
-whose only split arm is the control and whose shadow receives a copy of every request;
-the experiment is stopped between rounds. The figure is the ratio of the medians of the
-primary's p50 (and p99, throughput), with the share of copies the shadow compared and
-the share dropped because its queue was full (the price of never slowing the primary).
+the control), version 1 the packaged edge MLP (the shadow: a real candidate). Four
+conditions, interleaved over rounds (each round starts one condition later): the gateway
+alone (no experiment), then an experiment whose only split arm is the control and whose
+shadow receives a copy of every request, of a tenth (``--shadow-fraction 0.1``), of none
+(the experiment's routing alone); each experiment is stopped after its run. The figure
+is the ratio of the medians of the primary's p50 (and p99, throughput) to the gateway
+alone, with the share of the control's answers the shadow compared and the share it
+dropped because its queue was full.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import numpy as np
 from rich.console import Console
 from rich.table import Table
 
-from cloud_gateway.experiments import Arm, ExperimentSpec, ExperimentStore
+from cloud_gateway.experiments import Arm, ExperimentSpec, ExperimentStore, Settings
 from cloud_gateway.repository.seed import config_from_card
 from edgeserve.artifacts import packaged_artifacts
 from edgeserve.bench.gateway_harness import Gateway, running_gateway
@@ -38,6 +40,9 @@ MODEL = "digits-cloud"
 CONTROL, SHADOW = "2", "1"
 CONCURRENCY = 32
 GOAL_P50_RATIO = 1.05
+# Shares of the requests mirrored (--shadow-fraction); 0 measures the experiment's routing
+# alone, so that the shadow's own cost is the difference.
+FRACTIONS = (1.0, 0.1, 0.0)
 
 
 def shadow_repository(root: Path) -> Path:
@@ -69,28 +74,40 @@ def _measure(gateway: Gateway, work: Path, seconds: int, rounds: int) -> dict[st
     # stopped by its agreement test within a few hundred requests, and mirror no more.
     row = load_split(packaged_artifacts(), "test")[0][:1].astype(np.float32)
     payload = payloads(MODEL, row, gateway.keys["bench"])["rest-json"]
-    address = gateway.address("http")
-    run_load(payload, address, CONCURRENCY, 1, work)  # warm-up: loads, caches, JIT-free paths
-    alone: list[LoadResult] = []
-    shadowed: list[LoadResult] = []
-    mirrored: list[dict[str, float]] = []
+    run_load(payload, gateway.address("http"), CONCURRENCY, 1, work)  # warm-up
+    runs: dict[str, list[LoadResult]] = {"alone": []}
+    mirrored: dict[str, list[dict[str, float]]] = {}
+    conditions: list[float | None] = [None, *FRACTIONS]  # None: no experiment
     for index in range(rounds):
-        alone.append(run_load(payload, address, CONCURRENCY, seconds, work))
-        result, counts = _shadowed_round(gateway, f"shadow-{index}", payload, seconds, work)
-        shadowed.append(result)
-        mirrored.append(counts)
-    return _summary(alone, shadowed, mirrored, seconds, rounds)
+        # Each round starts one condition later, so that no condition always runs first
+        # or last (a busy neighbour or a warming cache then favours none of them).
+        shift = index % len(conditions)
+        for fraction in conditions[shift:] + conditions[:shift]:
+            if fraction is None:
+                result = run_load(payload, gateway.address("http"), CONCURRENCY, seconds, work)
+                runs["alone"].append(result)
+                continue
+            name = _condition(fraction)
+            result, counts = _shadowed_round(gateway, f"shadow-{index}-{fraction:g}", fraction,
+                                             payload, seconds, work)  # fmt: skip
+            runs.setdefault(name, []).append(result)
+            mirrored.setdefault(name, []).append(counts)
+    return _summary(runs, mirrored, seconds, rounds)
+
+
+def _condition(fraction: float) -> str:
+    return f"shadow on {fraction:.0%}"
 
 
 def _shadowed_round(
-    gateway: Gateway, name: str, payload: Payload, seconds: int, work: Path
+    gateway: Gateway, name: str, fraction: float, payload: Payload, seconds: int, work: Path
 ) -> tuple[LoadResult, dict[str, float]]:
-    """One run with an experiment that mirrors every request: the primary's figures and
-    what the shadow did meanwhile (compared, dropped, served by the control)."""
+    """One run with an experiment mirroring ``fraction`` of the requests: the primary's
+    figures and what the shadow did meanwhile (compared, dropped, served by the control)."""
     database = gateway.state_dir / "experiments.db"
     arms = (Arm(CONTROL, "split", 1), Arm(SHADOW, "shadow"))
     with ExperimentStore(database) as store:
-        store.create(ExperimentSpec(name, MODEL, arms))
+        store.create(ExperimentSpec(name, MODEL, arms, settings=Settings(shadow_fraction=fraction)))
     wait_until(lambda: _active(gateway, name), 10, f"experiment {name}")
     before = _shadow_counts(gateway, name)
     result = run_load(payload, gateway.address("http"), CONCURRENCY, seconds, work)
@@ -134,41 +151,36 @@ def _shadow_counts(gateway: Gateway, name: str) -> dict[str, float]:
 
 
 def _summary(
-    alone: list[LoadResult],
-    shadowed: list[LoadResult],
-    mirrored: list[dict[str, float]],
+    runs: dict[str, list[LoadResult]],
+    mirrored: dict[str, list[dict[str, float]]],
     seconds: int,
     rounds: int,
 ) -> dict[str, Any]:
     def median(results: list[LoadResult], field: str) -> float:
         return statistics.median(float(getattr(r, field)) for r in results)
 
-    figures = {
+    figures: dict[str, dict[str, Any]] = {
         name: {f: median(results, f) for f in ("p50_ms", "p99_ms", "ok_per_s")}
-        for name, results in (("alone", alone), ("with shadow", shadowed))
+        for name, results in runs.items()
     }
-    served = sum(m["served"] for m in mirrored)
-    ratio = figures["with shadow"]["p50_ms"] / figures["alone"]["p50_ms"]
+    alone = figures["alone"]
+    for name, counts in mirrored.items():
+        served = sum(m["served"] for m in counts) or 1.0
+        figures[name].update(
+            p50_ratio=round(figures[name]["p50_ms"] / alone["p50_ms"], 3),
+            p99_ratio=round(figures[name]["p99_ms"] / alone["p99_ms"], 3),
+            throughput_ratio=round(figures[name]["ok_per_s"] / alone["ok_per_s"], 3),
+            compared_share=round(sum(m["compared"] for m in counts) / served, 3),
+            dropped_share=round(sum(m["dropped"] for m in counts) / served, 3),
+        )
+    ratio = figures[_condition(1.0)]["p50_ratio"]
     return {
         "concurrency": CONCURRENCY,
         "seconds_per_run": seconds,
         "rounds": rounds,
         "figures": figures,
-        "runs": {
-            "alone": [r.to_dict() for r in alone],
-            "with shadow": [r.to_dict() for r in shadowed],
-        },
-        "p50_ratio": round(ratio, 3),
-        "p99_ratio": round(figures["with shadow"]["p99_ms"] / figures["alone"]["p99_ms"], 3),
-        "throughput_ratio": round(
-            figures["with shadow"]["ok_per_s"] / figures["alone"]["ok_per_s"], 3
-        ),
-        "shadow_compared_share": round(sum(m["compared"] for m in mirrored) / served, 3)
-        if served
-        else None,
-        "shadow_dropped_share": round(sum(m["dropped"] for m in mirrored) / served, 3)
-        if served
-        else None,
+        "runs": {name: [r.to_dict() for r in results] for name, results in runs.items()},
+        "p50_ratio": ratio,
         "goal_p50_ratio": GOAL_P50_RATIO,
         "goal_met": ratio <= GOAL_P50_RATIO,
     }
@@ -179,14 +191,15 @@ def _print(document: dict[str, Any]) -> None:
         f"digits-cloud REST JSON under wrk, c={document['concurrency']}, medians of "
         f"{document['rounds']} interleaved rounds of {document['seconds_per_run']} s"
     )
-    table = Table("primary", "p50 ms", "p99 ms", "req/s", title=title)
+    table = Table("primary", "p50 ms", "p99 ms", "req/s", "p50 ratio", "mirrored (dropped)",
+                  title=title)  # fmt: skip
     for name, f in document["figures"].items():
-        table.add_row(name, f"{f['p50_ms']:.2f}", f"{f['p99_ms']:.2f}", f"{f['ok_per_s']:,.0f}")
+        ratio = f"{f['p50_ratio']:.3f}x" if "p50_ratio" in f else "-"
+        shadow = f"{f['compared_share']:.1%} ({f['dropped_share']:.1%})" if ratio != "-" else "-"
+        table.add_row(name, f"{f['p50_ms']:.2f}", f"{f['p99_ms']:.2f}", f"{f['ok_per_s']:,.0f}",
+                      ratio, shadow)  # fmt: skip
     console.print(table)
     console.print(
-        f"shadow adds {document['p50_ratio']:.3f}x to the primary's p50 (goal <= "
-        f"{GOAL_P50_RATIO}: {'met' if document['goal_met'] else 'MISSED'}), p99 "
-        f"{document['p99_ratio']:.3f}x, throughput {document['throughput_ratio']:.3f}x; the "
-        f"shadow compared {document['shadow_compared_share']:.1%} of the control's answers "
-        f"and dropped {document['shadow_dropped_share']:.1%} (queue full)"
+        f"a shadow on every request adds {document['p50_ratio']:.3f}x to the primary's p50 "
+        f"(goal <= {GOAL_P50_RATIO}: {'met' if document['goal_met'] else 'MISSED'})"
     )
