@@ -18,10 +18,14 @@ test's folders bound in at the same paths, so nothing is left mounted when it ex
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from edgeserve.bench.machine import SOURCE_ROOT
@@ -45,6 +49,26 @@ DEVICE_ID = "arm64-emulated"
 BUILD_COMMAND = "sudo python -m hil_tests.emulated_arm64 build"
 # The host's variables that would point the root's Python at the host's files.
 HOST_ONLY = ("PYTHONPATH", "PYTHONHOME", "VIRTUAL_ENV", "PYTHONSTARTUP")
+
+
+@contextlib.contextmanager
+def exclusive(timeout: float = 3600.0) -> Iterator[None]:
+    """Hold the root alone: two test runs at once would install into one venv together."""
+    CACHE.mkdir(parents=True, exist_ok=True)
+    with (CACHE / "lock").open("w") as lock:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() > deadline:
+                    raise TimeoutError(f"{CACHE} stayed locked by another run") from None
+                time.sleep(1.0)  # another run holds the root for minutes: poll slowly
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
 
 
 def missing() -> str | None:

@@ -9,6 +9,7 @@ emulated arm64 root (``hil_tests/emulated_arm64.py``; slow: pip runs under qemu)
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -70,7 +71,8 @@ def main(argv: list[str]) -> None:
     on_arm = argv == ["--arm64"]
     if on_arm and arm.missing():
         raise SystemExit(arm.missing())
-    with tempfile.TemporaryDirectory() as scratch:
+    held = arm.exclusive() if on_arm else contextlib.nullcontext()
+    with tempfile.TemporaryDirectory() as scratch, held:
         wheel = arm.build_wheel(Path(scratch))
         combinations = EDGE_COMBINATIONS if on_arm else HOST_COMBINATIONS
         where = "aarch64 (emulated)" if on_arm else os.uname().machine

@@ -54,9 +54,16 @@ SOURCE_FILES = ("edge_agent/server.py", "edgeserve/runtimes/onnx.py", "edgeserve
 
 
 @pytest.fixture(scope="module")
-def installed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """This tree's agent installed into the cached arm64 root, the way a device upgrades."""
+def root_held() -> Iterator[None]:
+    """The cached root, for this module alone (another test run waits)."""
     skip_if(arm.missing())
+    with arm.exclusive():
+        yield
+
+
+@pytest.fixture(scope="module")
+def installed(root_held: None, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """This tree's agent installed into the cached arm64 root, the way a device upgrades."""
     wheel = arm.build_wheel(tmp_path_factory.mktemp("wheel"))
     done = arm.install_agent(wheel, timeout=1800)
     assert done.returncode == 0, done.stderr[-3000:]
