@@ -95,7 +95,8 @@ class UpdateIssuer:
         self.manifest_ttl_s = manifest_ttl_s
         self.clock = clock
         self.builds = builds
-        self._waiting: dict[BuildKey, list[Waiting]] = {}
+        # Per build, the update each (device, model) waits for: asked again, the last wins.
+        self._waiting: dict[BuildKey, dict[tuple[str, str], Waiting]] = {}
         self._failed: set[BuildKey] = set()
 
     def issue(self, device_id: str, model: str, version: str, rollback: bool = False) -> Issued:
@@ -105,11 +106,13 @@ class UpdateIssuer:
         is then issued by :meth:`issue_waiting`).
         """
         target = self._version(model, version)
+        for waiting in self._waiting.values():  # a newer desire replaces a waiting one
+            waiting.pop((device_id, model), None)
         try:
             spec = self._payload_for(device_id, target)
         except BuildPending as pending:
-            waiting = self._waiting.setdefault(pending.key, [])
-            waiting.append(Waiting(device_id, model, version, rollback))
+            waiting = self._waiting.setdefault(pending.key, {})
+            waiting[(device_id, model)] = Waiting(device_id, model, version, rollback)
             raise
         now = self.clock()
         manifest = UpdateManifest(
@@ -153,7 +156,7 @@ class UpdateIssuer:
             metrics.payload_builds.labels("failed" if finished.payload is None else "done").inc()
             if finished.payload is None:
                 self._failed.add(finished.key)
-            for waiting in self._waiting.pop(finished.key, []):
+            for waiting in self._waiting.pop(finished.key, {}).values():
                 try:
                     issued = self.issue(
                         waiting.device_id, waiting.model, waiting.version, waiting.rollback

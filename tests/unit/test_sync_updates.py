@@ -17,7 +17,7 @@ from edgeserve.wire.delta import apply_payload
 from edgeserve.wire.errors import IntegrityError, ModelNotFound, SignatureError
 from edgeserve.wire.manifest import UpdateManifest, verify_signed_manifest
 from edgeserve.wire.sync_messages import ReportedState, RunningModel
-from sync.builds import PayloadBuilds
+from sync.builds import BuildPending, PayloadBuilds
 from sync.metrics import SyncMetrics
 from tests.unit.sync_setup import MODEL, Fleet, build_fleet
 
@@ -178,3 +178,19 @@ def test_a_refresh_that_needs_a_new_build_issues_the_rest_and_that_one_later(
     finally:
         builds.close()
     assert [message.topic for message in later] == [topics.desired("new")]
+
+
+def test_a_device_waiting_for_a_build_gets_only_its_latest_desire(tmp_path: Path) -> None:
+    fleet = build_fleet(tmp_path)
+    _report_agent(fleet, "dev", "0.2.0")
+    builds = PayloadBuilds(fleet.store.root)
+    fleet.issuer.builds = builds
+    try:
+        for rollback in (False, True):  # asked twice while its payload builds
+            with pytest.raises(BuildPending):
+                fleet.issuer.issue("dev", MODEL, "2", rollback=rollback)
+        later = wait_until(lambda: fleet.issuer.issue_waiting(SyncMetrics()), 120, "the build")
+    finally:
+        builds.close()
+    assert len(later) == 1
+    assert _manifest(fleet, "dev").rollback is True
