@@ -15,6 +15,16 @@ from edgeserve.settings import ServiceSettings, default_state_dir
 
 class AgentConfig(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="EDGESERVE_AGENT_", extra="forbid")
+    required_files = (
+        "sync_password_file",
+        "sync_ca",
+        "sync_cert",
+        "sync_key",
+        "operator_public_key",
+        "cloud_ca",
+        "cloud_cert",
+        "cloud_key",
+    )
 
     device_id: str = Field(default_factory=socket.gethostname)
     host: str = "127.0.0.1"
@@ -93,6 +103,7 @@ class AgentConfig(ServiceSettings):
     @property
     def sync_address(self) -> tuple[str, int] | None:
         """The broker's (host, port), or None when sync is off."""
+
         if self.sync_broker is None:
             return None
         host, _, port = self.sync_broker.rpartition(":")

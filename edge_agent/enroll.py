@@ -92,7 +92,7 @@ def request_enrollment(directory: Path, device_id: str) -> Path:
     under another id refuses: its certificate would no longer match its name.
     """
     _check_device_id(device_id)
-    files = DeviceFiles.under(directory)
+    files = DeviceFiles.under(directory.absolute())
     directory.mkdir(parents=True, exist_ok=True, mode=0o750)
     key = _ensure_key(files.key)
     if files.cert.exists():
@@ -127,7 +127,7 @@ def _csr_pem(key: ec.EllipticCurvePrivateKey, device_id: str) -> bytes:
 
 def accept_enrollment(directory: Path, bundle_path: Path) -> Path:
     """Check ``bundle_path`` against this device and install it; the config's path."""
-    files = DeviceFiles.under(directory)
+    files = DeviceFiles.under(directory.absolute())
     bundle = EnrollmentBundle.read(bundle_path)
     key = _load_key(files.key)
     requested = csr_common_name(

@@ -140,10 +140,11 @@ def main() -> None:
 
     from edgeserve.extras import MissingExtra
     from edgeserve.listen import CannotListen
+    from edgeserve.settings import ConfigError
 
     try:
         app()
-    except (CannotListen, MissingExtra) as exc:  # the operator's to fix: one line, no traceback
+    except (CannotListen, MissingExtra, ConfigError) as exc:  # the operator's to fix: one line, no traceback
         Console(stderr=True, soft_wrap=True).print(
             f"[bold red]error:[/] {escape(exc.message)}", highlight=False
         )

@@ -160,6 +160,19 @@ def test_accepting_writes_private_secrets_and_a_config_that_loads(
     assert verify_password(config.sync_secret() or "", stored)
 
 
+def test_a_relative_device_folder_gives_a_config_that_loads_from_anywhere(
+    tmp_path: Path, setup: BrokerSetup, operator_pub: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    bundle = _signed(setup, Path("etc"), "dev-1", operator_pub)
+    config_path = accept_enrollment(Path("etc"), bundle)
+    monkeypatch.chdir("/")
+
+    config = load_settings(AgentConfig, tmp_path / "etc" / "agent.toml")
+
+    assert config_path.is_absolute() and config.sync_cert == tmp_path / "etc" / "device.pem"
+
+
 def test_the_operator_keeps_only_the_password_hash(
     tmp_path: Path, setup: BrokerSetup, operator_pub: Path
 ) -> None:

@@ -1,5 +1,6 @@
-"""A port that is taken or an address the machine lacks is the operator's to fix: each
-service says so in one line, with the fix, and exits 1 instead of printing a traceback."""
+"""A port that is taken, an address the machine lacks or a config naming a missing file is
+the operator's to fix: each service says so in one line, with the fix, and exits 1
+instead of printing a traceback."""
 
 from __future__ import annotations
 
@@ -68,3 +69,14 @@ def test_agent_on_an_address_the_machine_lacks_names_the_address(tmp_path):
 def test_sync_service_on_a_taken_admin_port_says_so(taken_port, tmp_path):
     result = run_service(["sync", "run"], {"EDGESERVE_SYNC_ADMIN_PORT": str(taken_port)}, tmp_path)
     assert_one_line_with_the_fix(result, f"127.0.0.1:{taken_port}")
+
+
+def test_an_agent_config_naming_a_missing_key_file_is_one_line(tmp_path):
+    config = tmp_path / "etc" / "agent.toml"
+    config.parent.mkdir()
+    config.write_text('sync_broker = "127.0.0.1:1"\noperator_public_key = "operator.pub"\n')
+    result = run_service(["agent", "run", "--config", str(config)], {}, tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr and "╭" not in result.stderr
+    (error,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert f"operator_public_key = {config.parent / 'operator.pub'}: no such file" in error
