@@ -192,6 +192,8 @@ def _json(value: Any, status: int = 200) -> JSONResponse:
 @router.put("/models/{model}/versions/{version}")
 async def upload_version(model: str, version: str, request: Request, state: State) -> Response:
     card = _card_from_header(request, model, version)
+    # Before a byte of the body is read: an immutable version is refused at once.
+    await state.core.call(lambda core: core.check_new_version(card, card.sha256))
     declared = int(request.headers.get("content-length") or 0)
     if declared > state.config.max_artifact_bytes:
         raise PayloadTooLarge(f"artifact of {declared} bytes is over the upload limit")

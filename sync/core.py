@@ -22,6 +22,7 @@ from edgeserve.wire.errors import UpdateRefused
 from edgeserve.wire.model_card import ModelCard
 from sync.artifacts import ArtifactStore
 from sync.builds import PayloadBuilds
+from sync.bulk import bulk_publisher
 from sync.config import SyncConfig
 from sync.handlers import HandlerContext, dispatch, issue_assignments
 from sync.ingest import fleet_summary
@@ -56,6 +57,7 @@ class SyncCore:
             config.chunk_size,
             config.manifest_ttl_s,
             builds=PayloadBuilds(self.store.root),
+            bulk=bulk_publisher(config.bulk_dir, config.bulk_base_url, config.bulk_min_bytes),
         )
         self.controller = RolloutController(self.registry)
         self.ctx = HandlerContext(
@@ -88,14 +90,20 @@ class SyncCore:
 
     # -- admin operations ---------------------------------------------------------------
 
-    def register_version(self, card: ModelCard, sha256: str) -> VersionRow:
-        """Add a version; re-uploading identical bytes is fine, different bytes are not."""
+    def check_new_version(self, card: ModelCard, sha256: str) -> bool:
+        """True if ``card``'s version is already registered with these bytes; raises if
+        it is registered with other bytes (versions are immutable)."""
         existing = self.registry.version(card.name, card.version)
         if existing is not None and existing.sha256 != sha256:
             raise UpdateRefused(
                 f"{card.name} v{card.version} already exists with other bytes; "
                 "versions are immutable, push a new version"
             )
+        return existing is not None
+
+    def register_version(self, card: ModelCard, sha256: str) -> VersionRow:
+        """Add a version; re-uploading identical bytes is fine, different bytes are not."""
+        self.check_new_version(card, sha256)
         self.registry.add_version(card, sha256)
         row = self.registry.version(card.name, card.version)
         assert row is not None

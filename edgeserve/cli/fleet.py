@@ -7,6 +7,8 @@ the admin token it wrote on first start (``--token``, ``EDGESERVE_FLEET_TOKEN`` 
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,10 +28,14 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from edgeserve.cli import fleet_tables as tables
+
 fleet_app = typer.Typer(no_args_is_help=True, help="Fleet rollouts over the sync service.")
 rollout_app = typer.Typer(no_args_is_help=True, help="One rollout.")
 fleet_app.add_typer(rollout_app, name="rollout")
-console = Console()
+# In a pipe rich would cut tables to 80 columns; a script reading them wants every cell.
+console = Console(width=None if sys.stdout.isatty() else 10_000)
+JsonOption = Annotated[bool, typer.Option("--json", help="print the admin API's JSON")]
 TERMINAL = {"completed", "halted", "rolled_back", "superseded"}
 
 
@@ -129,9 +135,10 @@ def push(
     }
 
     def run(client: Any) -> Any:
-        with _upload_progress() as progress:
-            task = progress.add_task(f"{model} v{version}", total=upload_card.size_bytes)
-            client.upload(file, upload_card, lambda n: progress.advance(task, n))
+        if _needs_upload(client, upload_card):
+            with _upload_progress() as progress:
+                task = progress.add_task(f"{model} v{version}", total=upload_card.size_bytes)
+                client.upload(file, upload_card, lambda n: progress.advance(task, n))
         return client.start_rollout({k: v for k, v in request.items() if v is not None})
 
     view = _call(ctx, run)
@@ -141,6 +148,24 @@ def push(
     )
     if wait:
         raise typer.Exit(_watch(ctx, int(view["id"])))
+
+
+def _needs_upload(client: Any, card: Any) -> bool:
+    """Ask before sending any bytes: a version already there with these bytes is not sent
+    again, one there with other bytes is refused (versions are immutable)."""
+    from edgeserve.wire.errors import UpdateRefused
+
+    for row in client.versions(card.name):
+        if row["version"] != card.version:
+            continue
+        if row["sha256"] != card.sha256:
+            raise UpdateRefused(
+                f"{card.name} v{card.version} already exists with other bytes; "
+                "versions are immutable, push a new version"
+            )
+        console.print(f"{card.name} v{card.version} is already registered with these bytes")
+        return False
+    return True
 
 
 def _upload_progress() -> Progress:
@@ -158,36 +183,10 @@ def _upload_progress() -> Progress:
 
 
 @fleet_app.command()
-def status(ctx: typer.Context) -> None:
+def status(ctx: typer.Context, as_json: JsonOption = False) -> None:
     """Every rollout: where it stands."""
     views = _call(ctx, lambda client: client.rollouts())
-    table = Table(
-        "id",
-        "model",
-        "version",
-        "group",
-        "state",
-        "stage",
-        "installed",
-        "failed",
-        "updated",
-        "reason",
-    )
-    for view in views:
-        counts = view.get("counts", {})
-        table.add_row(
-            str(view["id"]),
-            view["model"],
-            view["version"],
-            view["group"] or "(all)",
-            _state(view["state"]),
-            f"{view['stage'] + 1}/{len(view['stage_sizes'])}",
-            f"{counts.get('installed', 0)}/{len(view['devices'])}",
-            str(counts.get("failed", 0)),
-            _ago(view["updated"]),
-            view["reason"],
-        )
-    console.print(table)
+    _emit(views, as_json, lambda: tables.rollouts_table(views))
 
 
 @rollout_app.command("show")
@@ -195,27 +194,21 @@ def rollout_show(
     ctx: typer.Context,
     rollout_id: Annotated[int, typer.Argument(help="rollout id")],
     watch: Annotated[bool, typer.Option(help="follow it until it ends")] = False,
+    as_json: JsonOption = False,
 ) -> None:
     """One rollout and each of its devices."""
     if watch:
         raise typer.Exit(_watch(ctx, rollout_id))
     view = _call(ctx, lambda client: client.rollout(rollout_id))
+    if as_json:
+        _emit(view, True, lambda: tables.rollout_devices_table(view))
+        return
     console.print(
         f"rollout {view['id']}: {view['model']} v{view['version']} "
-        f"group {view['group'] or '(all)'} — {_state(view['state'])} "
+        f"group {view['group'] or '(all)'} — {tables.state(view['state'])} "
         f"stage {view['stage'] + 1}/{len(view['stage_sizes'])} {view['reason']}"
     )
-    table = Table("device", "stage", "from", "state", "reason", "updated")
-    for device in view["devices"]:
-        table.add_row(
-            device["device_id"],
-            str(device["stage"] + 1),
-            device["from_version"] or "-",
-            _state(device["state"]),
-            device["reason"],
-            _ago(device["updated"]),
-        )
-    console.print(table)
+    console.print(tables.rollout_devices_table(view))
 
 
 @rollout_app.command("rollback")
@@ -226,7 +219,7 @@ def rollout_rollback(
 ) -> None:
     """Send every device of a rollout back to the version it ran before (signed)."""
     view = _call(ctx, lambda client: client.rollback(rollout_id, reason))
-    console.print(f"rollout {view['id']}: {_state(view['state'])} {view['reason']}")
+    console.print(f"rollout {view['id']}: {tables.state(view['state'])} {view['reason']}")
 
 
 @fleet_app.command()
@@ -255,7 +248,7 @@ def _watch(ctx: typer.Context, rollout_id: int, interval: float = 0.5) -> int:
             if view["state"] in TERMINAL:
                 break
             time.sleep(interval)
-    console.print(f"rollout {rollout_id}: {_state(view['state'])} {view['reason']}")
+    console.print(f"rollout {rollout_id}: {tables.state(view['state'])} {view['reason']}")
     return 0 if view["state"] == "completed" else 1
 
 
@@ -280,78 +273,27 @@ def _update_stages(progress: Progress, tasks: dict[int, TaskID], view: dict[str,
 def devices(
     ctx: typer.Context,
     group: Annotated[str | None, typer.Option(help="only this group")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Every device as it last reported: online, versions, agent."""
     rows = _call(ctx, lambda client: client.devices(group))
-    table = Table("device", "group", "online", "last seen", "running", "agent")
-    for row in rows:
-        running = ", ".join(f"{name}={m['version']}" for name, m in sorted(row["running"].items()))
-        table.add_row(
-            row["device_id"],
-            row["group"],
-            "[green]yes[/green]" if row["online"] else "no",
-            _ago(row["last_seen"]),
-            running or "-",
-            row["agent_version"] or "-",
-        )
-    console.print(table)
+    _emit(rows, as_json, lambda: tables.devices_table(rows))
 
 
 @fleet_app.command()
 def telemetry(
     ctx: typer.Context,
     model: Annotated[str | None, typer.Option(help="only this model")] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Per model version: requests, escalation, agreement, latency, errors, drops."""
     rows = _call(ctx, lambda client: client.telemetry(model))
-    table = Table(
-        "model",
-        "version",
-        "devices",
-        "requests",
-        "escalated",
-        "agreement",
-        "p50 ms",
-        "p99 ms",
-        "errors",
-        "dropped",
-    )
-    for row in rows:
-        agreement = row["agreement"]
-        table.add_row(
-            row["model"],
-            row["version"],
-            str(row["devices"]),
-            str(row["requests"]),
-            f"{row['escalation_rate']:.1%}",
-            "-" if agreement is None else f"{agreement:.1%}",
-            f"{row['p50_latency_ms']:.2f}",
-            f"{row['p99_latency_ms']:.2f}",
-            f"{row['error_rate']:.2%}",
-            str(row["dropped"]),
-        )
-    console.print(table)
+    _emit(rows, as_json, lambda: tables.telemetry_table(rows))
 
 
-def _state(state: str) -> str:
-    colour = {
-        "completed": "green",
-        "installed": "green",
-        "running": "cyan",
-        "assigned": "cyan",
-        "halted": "red",
-        "failed": "red",
-        "rolled_back": "yellow",
-    }.get(state, "white")
-    return f"[{colour}]{state}[/{colour}]"
-
-
-def _ago(ts: float) -> str:
-    if not ts:
-        return "never"
-    seconds = max(0.0, time.time() - ts)
-    if seconds < 120:
-        return f"{seconds:.0f}s ago"
-    if seconds < 7200:
-        return f"{seconds / 60:.0f}m ago"
-    return f"{seconds / 3600:.1f}h ago"
+def _emit(data: Any, as_json: bool, table: Callable[[], Table]) -> None:
+    """JSON (exactly what the admin API answered) for scripts, else a table."""
+    if as_json:
+        sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
+    else:
+        console.print(table())
