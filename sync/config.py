@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field
+from pydantic import Field, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from edgeserve.mqtt import BrokerAddress
@@ -20,6 +20,7 @@ TOKEN_HASH_FILE = "admin.token.sha256"
 
 class SyncConfig(ServiceSettings):
     model_config = SettingsConfigDict(env_prefix="EDGESERVE_SYNC_", extra="forbid")
+    required_files = ("broker_password_file", "broker_ca", "broker_cert", "broker_key")
 
     state_dir: Path = Field(
         default_factory=default_state_dir("sync"),
@@ -46,6 +47,16 @@ class SyncConfig(ServiceSettings):
     manifest_ttl_s: float = Field(7 * 86400.0, gt=60, description="manifest lifetime")
     request_window: int = Field(256, ge=1, le=4096, description="chunks served per request")
     tick_interval_s: float = Field(2.0, gt=0, description="rollout controller housekeeping")
+    # -- bulk payloads over HTTP (control stays on MQTT) -----------------------------------
+    bulk_dir: Path | None = Field(
+        None, description="folder a static HTTP server serves; None = every payload over MQTT"
+    )
+    bulk_base_url: str | None = Field(
+        None, description="the URL that serves bulk_dir, e.g. https://updates.example/payloads"
+    )
+    bulk_min_bytes: int = Field(
+        4 << 20, ge=0, description="payloads this large or larger are also offered over HTTP"
+    )
     # -- rollout defaults (the CLI and API may override each) ------------------------------
     rollout_stages: list[float] = Field(default_factory=lambda: [0.5, 1.0])
     rollout_soak_s: float = Field(0.0, ge=0)
@@ -55,6 +66,16 @@ class SyncConfig(ServiceSettings):
     # -- logs -----------------------------------------------------------------------------
     log_level: str = "INFO"
     log_format: Literal["json", "text"] = "json"
+
+    @model_validator(mode="after")
+    def _bulk_needs_both(self) -> SyncConfig:
+        if (self.bulk_dir is None) != (self.bulk_base_url is None):
+            raise ValueError("bulk_dir and bulk_base_url go together: set both or neither")
+        if self.bulk_base_url is not None and not self.bulk_base_url.startswith(
+            ("https://", "http://")
+        ):
+            raise ValueError(f"bulk_base_url {self.bulk_base_url!r} is not an http(s) URL")
+        return self
 
     @property
     def registry_path(self) -> Path:

@@ -27,7 +27,7 @@ def enroll_request(
     """Make this device's key (kept here, 0600) and a certificate request for the operator."""
     from edge_agent.enroll import request_enrollment
 
-    csr = _run(lambda: request_enrollment(directory, device_id))
+    csr = run_one_line(lambda: request_enrollment(directory, device_id))
     typer.echo(str(csr))
     typer.echo(f"send {csr} to the operator (edgeserve fleet enroll --csr ...)", err=True)
 
@@ -39,7 +39,7 @@ def enroll_accept(
     """Check the operator's bundle against this device's key and write its config."""
     from edge_agent.enroll import accept_enrollment
 
-    config = _run(lambda: accept_enrollment(directory, bundle))
+    config = run_one_line(lambda: accept_enrollment(directory, bundle))
     typer.echo(str(config))
 
 
@@ -74,9 +74,9 @@ def fleet_enroll(
 
     cloud = None
     if gateway is not None:
-        ca = _run(lambda: _read_text(gateway_ca)) if gateway_ca else None
+        ca = run_one_line(lambda: _read_text(gateway_ca)) if gateway_ca else None
         cloud = CloudTarget(target=gateway, server_name=gateway_server_name, ca=ca)
-    bundle = _run(
+    bundle = run_one_line(
         lambda: issue_bundle(
             BrokerSetup.load(broker_dir),
             _read_text(csr).encode(),
@@ -91,7 +91,8 @@ def fleet_enroll(
     bundle.write(out)
     typer.echo(str(out))
     typer.echo(
-        f"enrolled {bundle.device_id}; reload the broker (systemctl reload mosquitto) and "
+        f"enrolled {bundle.device_id}: copy {broker_dir / 'passwd'} to the broker host's "
+        f"/etc/mosquitto/edgeserve/passwd, reload it (systemctl reload mosquitto), then "
         f"hand {out} to the device: edgeserve agent enroll-accept --bundle ...",
         err=True,
     )
@@ -113,7 +114,7 @@ def _read_text(path: Path) -> str:
         raise EnrollmentFileError(f"cannot read {path}: {exc}") from exc
 
 
-def _run(operation: Callable[[], T]) -> T:
+def run_one_line(operation: Callable[[], T]) -> T:
     """Run ``operation``; an edgeserve error becomes one line on stderr and exit code 1."""
     from edgeserve.wire.errors import EdgeServeError
 

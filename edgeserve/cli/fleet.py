@@ -29,10 +29,12 @@ from rich.progress import (
 from rich.table import Table
 
 from edgeserve.cli import fleet_tables as tables
+from edgeserve.cli.fleet_broker import broker_app
 
 fleet_app = typer.Typer(no_args_is_help=True, help="Fleet rollouts over the sync service.")
 rollout_app = typer.Typer(no_args_is_help=True, help="One rollout.")
 fleet_app.add_typer(rollout_app, name="rollout")
+fleet_app.add_typer(broker_app, name="broker")
 # In a pipe rich would cut tables to 80 columns; a script reading them wants every cell.
 console = Console(width=None if sys.stdout.isatty() else 10_000)
 JsonOption = Annotated[bool, typer.Option("--json", help="print the admin API's JSON")]

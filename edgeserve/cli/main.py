@@ -144,7 +144,8 @@ def main() -> None:
 
     try:
         app()
-    except (CannotListen, MissingExtra, ConfigError) as exc:  # the operator's to fix: one line, no traceback
+    except (CannotListen, MissingExtra, ConfigError) as exc:
+        # the operator's to fix: one line, no traceback
         Console(stderr=True, soft_wrap=True).print(
             f"[bold red]error:[/] {escape(exc.message)}", highlight=False
         )
