@@ -5,7 +5,9 @@ running when the store has that artifact (``wire.delta.build_payload`` keeps the
 only when it is smaller than the full zstd), else the full artifact, in the newest
 tensor-delta format the device's agent release applies (``tensor_format_for``). A
 payload is built once per (base, new, format) and stored content-addressed, so a
-thousand devices on the same base share one file. With ``builds`` (the service), a
+thousand devices on the same base share one file. A payload of ``bulk_min_bytes`` or more
+is also published for a static HTTP server (``sync.bulk``) and its manifest names that
+URL, so the bytes may leave the broker. With ``builds`` (the service), a
 payload not yet in the store is built in a worker process: ``issue`` raises
 ``BuildPending`` and remembers the device, and ``issue_waiting`` (called on the core's
 tick) issues every update whose payload has since been built.
@@ -32,6 +34,7 @@ from edgeserve.wire.manifest import PayloadSpec, SelfTest, SignedManifest, Updat
 from edgeserve.wire.sync_messages import DesiredState
 from sync.artifacts import ArtifactStore, CachedPayload
 from sync.builds import BuildKey, BuildPending, PayloadBuilds, build_into_store
+from sync.bulk import BulkPublisher
 from sync.metrics import SyncMetrics
 from sync.registry import Registry
 from sync.views import VersionRow
@@ -87,6 +90,7 @@ class UpdateIssuer:
         manifest_ttl_s: float,
         clock: Callable[[], float] = time.time,
         builds: PayloadBuilds | None = None,
+        bulk: BulkPublisher | None = None,
     ) -> None:
         self.registry = registry
         self.store = store
@@ -95,6 +99,7 @@ class UpdateIssuer:
         self.manifest_ttl_s = manifest_ttl_s
         self.clock = clock
         self.builds = builds
+        self.bulk = bulk
         # Per build, the update each (device, model) waits for: asked again, the last wins.
         self._waiting: dict[BuildKey, dict[tuple[str, str], Waiting]] = {}
         self._failed: set[BuildKey] = set()
@@ -217,9 +222,14 @@ class UpdateIssuer:
             cached = self._build((base_sha, target.sha256, tensor_format))
         if cached.encoding == "zstd":
             base_version, base_sha = None, None
+        url = self._bulk_url(cached)
         # Every device on the same base gets the same payload: hash its chunks once.
         known = self.store.spec(cached.sha256[:32])
-        if known and (known.sha256, known.chunk_size) == (cached.sha256, self.chunk_size):
+        if known and (known.sha256, known.chunk_size, known.url) == (
+            cached.sha256,
+            self.chunk_size,
+            url,
+        ):
             return known
         spec = PayloadSpec(
             encoding=cached.encoding,
@@ -229,9 +239,16 @@ class UpdateIssuer:
             size=cached.size,
             chunk_size=self.chunk_size,
             chunks=self._chunk_hashes(cached.sha256),
+            url=url,
         )
         self.store.save_spec(spec)
         return spec
+
+    def _bulk_url(self, cached: CachedPayload) -> str | None:
+        """Where a large payload is also served over HTTP (published there first)."""
+        if self.bulk is None or not self.bulk.wants(cached.size):
+            return None
+        return self.bulk.publish(self.store.payload_path(cached.sha256), cached.sha256)
 
     def _base(self, device_id: str, target: VersionRow) -> tuple[str | None, str | None]:
         """The artifact the device reports running, if we hold it and it is another one."""

@@ -2,7 +2,9 @@
 
 A manifest names one model version by its card (sha256, size, format, tensor contract),
 says how the bytes travel (full or a delta against the version the device runs, in
-hashed chunks), and carries golden inputs with the outputs the new model must reproduce.
+hashed chunks; a large payload also names the HTTPS address it may be fetched from with
+Range requests — signed like the rest, and checked chunk by chunk the same way whatever
+the transport), and carries golden inputs with the outputs the new model must reproduce.
 It travels inside a ``SignedManifest`` envelope: the exact manifest bytes, base64, and
 an Ed25519 signature over them. ``verify_signed_manifest`` checks the signature against
 the operator's pinned public key *before* parsing the manifest, so nothing an attacker
@@ -50,6 +52,13 @@ class PayloadSpec(BaseModel):
     size: int = Field(ge=0)
     chunk_size: int = Field(gt=0)
     chunks: list[str] = Field(description="sha256 of each chunk, in order")
+    url: str | None = Field(
+        None,
+        description="where the payload's bytes may be fetched with HTTP Range requests "
+        "(MQTT chunks otherwise, and whenever that host fails)",
+        pattern=r"^https?://[^\s]+$",
+        max_length=2048,
+    )
 
     @property
     def update_id(self) -> str:
