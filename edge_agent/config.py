@@ -75,6 +75,14 @@ class AgentConfig(ServiceSettings):
         10.0, gt=0, description="ask again for chunks that have not arrived by then"
     )
     sync_mqtt_version: int = Field(5, ge=4, le=5, description="5 = MQTT 5; 4 = MQTT 3.1.1")
+    sync_http: bool = Field(
+        True, description="fetch payloads whose manifest names a URL with HTTP Range requests"
+    )
+    sync_http_ca: Path | None = Field(
+        None, description="CA of the payload host (default: sync_ca, else the system's)"
+    )
+    sync_http_streams: int = Field(2, ge=1, le=16, description="Range requests at once")
+    sync_http_timeout_s: float = Field(30.0, gt=0, description="per read from the payload host")
     operator_public_key: Path | None = Field(
         None, description="Ed25519 key updates must be signed with (required with sync)"
     )
