@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from edge_agent.router import Router
     from edge_agent.sync.telemetry import TelemetryUploader
     from edge_agent.updates import Updater, UpdateSession
+    from edge_agent.updates.ranges import RangeFetcher
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,8 @@ class Window:
     total: int
     requested: set[int] = field(default_factory=set)
     last_activity: float = 0.0
+    # "http" while a Range fetch runs (the stall check leaves it alone), else "mqtt".
+    transport: str = "mqtt"
 
 
 @dataclass(slots=True)
@@ -71,6 +74,7 @@ class SyncState:
     desired_revision: int = -1
     windows: dict[str, Window] = field(default_factory=dict)
     finishing: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    fetching: dict[str, asyncio.Task[None]] = field(default_factory=dict)
     # Manifests the updater could not take yet (another install of the model running).
     deferred: dict[str, SignedManifest] = field(default_factory=dict)
     # How many of the updater's rotten chunks are already in the rejected counter.
@@ -92,6 +96,7 @@ class SyncContext:
     labels: dict[str, str] = field(default_factory=dict)
     chunk_timeout_s: float = 10.0
     window: int = WINDOW
+    bulk: RangeFetcher | None = None  # fetches payloads whose manifest names a URL
     state: SyncState = field(default_factory=SyncState)
 
 
@@ -256,7 +261,13 @@ async def start_download(ctx: SyncContext, session: UpdateSession) -> None:
             session.update_id, manifest.model, manifest.version, len(manifest.payload.chunks)
         )
         ctx.state.windows[session.update_id] = window
-    await request_window(ctx, window)
+    # Imported here: the HTTP path calls back into this module's chunk-window functions.
+    from edge_agent.sync import bulk
+
+    if bulk.wants_http(ctx, manifest.payload):
+        bulk.start_http(ctx, window, manifest.payload)
+    else:
+        await request_window(ctx, window)
 
 
 # -- chunks ------------------------------------------------------------------------------
@@ -316,6 +327,7 @@ async def resend_stalled(ctx: SyncContext, now: float | None = None) -> int:
         w
         for w in ctx.state.windows.values()
         if w.update_id not in ctx.state.finishing
+        and w.transport == "mqtt"
         and current - w.last_activity >= ctx.chunk_timeout_s
     ]
     for window in stalled:
