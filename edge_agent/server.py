@@ -143,6 +143,7 @@ def build_sync(
     if config.sync_broker is None:
         return None
     # Imported here: an agent without a broker never loads paho or the manifest checks.
+    from edge_agent.sync.bulk import range_fetcher
     from edge_agent.sync.client import SyncClient, broker_address
     from edge_agent.sync.handlers import SyncContext
     from edge_agent.sync.telemetry import TelemetryUploader
@@ -176,6 +177,7 @@ def build_sync(
         labels=dict(config.labels),
         chunk_timeout_s=config.sync_chunk_timeout_s,
         window=config.sync_chunk_window,
+        bulk=range_fetcher(config),
     )
     uploader = None
     if config.telemetry:

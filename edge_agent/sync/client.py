@@ -17,7 +17,7 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.sync import handlers
+from edge_agent.sync import bulk, handlers
 from edge_agent.sync.handlers import SyncContext
 from edge_agent.sync.telemetry import TelemetryUploader
 from edgeserve.mqtt import BrokerAddress, Message, MqttLink, Will
@@ -102,6 +102,7 @@ class SyncClient:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
+        await bulk.stop_fetches(self.context)
         finishing = list(self.context.state.finishing.values())
         if finishing:
             # An activation on a worker thread cannot be cancelled; let it land or time out.
