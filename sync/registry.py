@@ -26,6 +26,7 @@ from edgeserve.wire.model_card import ModelCard
 from edgeserve.wire.sync_messages import MAX_REVISION, DesiredState, DeviceStatus, ReportedState
 from sync.schema import INDEXES, TABLES, device_row, rollout_row, version_row
 from sync.views import (
+    CohortCounts,
     DeviceRolloutState,
     DeviceRow,
     IssueRow,
@@ -56,6 +57,7 @@ class Registry:
                 not_null=set(pk),
                 if_not_exists=True,
             )
+            self._add_missing_columns(name, columns, defaults)
         for name, indexes in INDEXES.items():
             for indexed in indexes:
                 self._table(name).create_index(indexed, if_not_exists=True)
@@ -248,9 +250,11 @@ class Registry:
         state: RolloutState | None = None,
         stage: int | None = None,
         reason: str | None = None,
+        gate: dict[str, Any] | None = None,
         now: float | None = None,
     ) -> None:
-        """Change a rollout; a new ``stage`` restarts its soak timer."""
+        """Change a rollout; a new ``stage`` restarts its soak timer; ``gate`` is the
+        sequential gate's latest look."""
         now = self.clock() if now is None else now
         changes: dict[str, Any] = {"updated": now}
         if state is not None:
@@ -259,6 +263,8 @@ class Registry:
             changes.update(stage=stage, stage_started=now)
         if reason is not None:
             changes["reason"] = reason
+        if gate is not None:
+            changes["gate"] = json.dumps(gate)
         self._table("rollouts").update(rollout_id, changes)
 
     def rollout_devices(self, rollout_id: int) -> list[RolloutDeviceRow]:
@@ -298,7 +304,38 @@ class Registry:
         ).fetchall()
         return {device: (int(total), int(errors)) for device, total, errors in rows}
 
+    def cohort_counts(
+        self, model: str, version: str, devices: Iterable[str], since: float, threshold: float
+    ) -> CohortCounts:
+        """What ``devices`` recorded on ``model@version`` since ``since`` (device clock),
+        with router scores counted below ``threshold`` (see ``sync.gate``)."""
+        chosen = sorted(devices)
+        if not chosen:
+            return CohortCounts()
+        marks = ",".join("?" * len(chosen))
+        row = self.conn.execute(
+            "SELECT COUNT(*), TOTAL(error IS NOT NULL), TOTAL(confidence IS NOT NULL),"
+            " TOTAL(confidence < ?), TOTAL(agreement IS NOT NULL), TOTAL(agreement)"
+            " FROM telemetry_requests WHERE model = ? AND version = ? AND ts >= ?"
+            f" AND device_id IN ({marks})",
+            (threshold, model, version, since, *chosen),
+        ).fetchone()
+        requests, errors, scored, below, measured, agreed = row
+        return CohortCounts(
+            int(requests), int(errors), int(scored), int(below), int(measured), float(agreed)
+        )
+
     # -- helpers ------------------------------------------------------------------------
+    def _add_missing_columns(
+        self, name: str, columns: dict[str, Any], defaults: dict[str, Any]
+    ) -> None:
+        """Columns a newer schema added to a table an older service created."""
+        table = self._table(name)
+        existing = set(table.columns_dict)
+        for column, kind in columns.items():
+            if column not in existing:
+                table.add_column(column, kind, not_null_default=defaults.get(column))
+
     def _table(self, name: str) -> Table:
         return cast(Table, self.db[name])
 

@@ -31,6 +31,7 @@ from edgeserve.wire.errors import (
     UpdateRefused,
 )
 from edgeserve.wire.sync_messages import UpdateResult
+from sync.gate import GATES, GateDecision, GateKind, GateSettings, look
 from sync.registry import Registry
 from sync.views import (
     DeviceRolloutState,
@@ -56,6 +57,12 @@ class RolloutSpec:
     1.0. ``promote_after_healthy``: installs needed per stage (None = every device of
     the stage that did not fail). Failures halt at ``max_failures`` or at a failure rate
     of ``max_failure_rate`` over the devices that reported; 0 means any failure halts.
+
+    ``gate`` chooses how a stage is judged besides installs and soak time: ``threshold``
+    halts when the version's error rate passes ``max_error_rate``; ``sequential`` compares
+    the cohort on the new version with the devices still on the old one by an
+    always-valid sequential test (``sync.gate``; the ``gate_*`` fields are its settings)
+    and halts when it is significantly worse, promotes when it is not worse.
     """
 
     model: str
@@ -68,6 +75,13 @@ class RolloutSpec:
     max_failures: int = 1
     max_failure_rate: float = 0.2
     max_error_rate: float = 0.05
+    gate: GateKind = "threshold"
+    gate_alpha: float = 0.05
+    gate_tau: float = 0.05
+    gate_min_requests: int = 100
+    gate_margin_agreement: float = 0.05
+    gate_margin_escalation: float = 0.05
+    gate_margin_errors: float = 0.01
 
     def __post_init__(self) -> None:
         canary = self.canary
@@ -87,6 +101,27 @@ class RolloutSpec:
             raise InvalidInput("soak_s and max_failures must not be negative")
         if not (0 <= self.max_failure_rate <= 1 and 0 <= self.max_error_rate <= 1):
             raise InvalidInput("max_failure_rate and max_error_rate are fractions in [0, 1]")
+        self._check_gate()
+
+    def _check_gate(self) -> None:
+        if self.gate not in GATES:
+            raise InvalidInput(f"gate {self.gate!r}: one of {', '.join(GATES)}")
+        if not (0 < self.gate_alpha < 1 and self.gate_tau > 0 and self.gate_min_requests >= 1):
+            raise InvalidInput("gate_alpha in (0, 1), gate_tau > 0, gate_min_requests >= 1")
+        margins = (self.gate_margin_agreement, self.gate_margin_escalation)
+        if any(not 0 <= m < 1 for m in (*margins, self.gate_margin_errors)):
+            raise InvalidInput("gate margins are fractions in [0, 1)")
+
+    def gate_settings(self) -> GateSettings:
+        return GateSettings(
+            alpha=self.gate_alpha,
+            tau=self.gate_tau,
+            min_requests=self.gate_min_requests,
+            margin_agreement=self.gate_margin_agreement,
+            margin_escalation=self.gate_margin_escalation,
+            margin_errors=self.gate_margin_errors,
+            max_error_rate=self.max_error_rate,
+        )
 
     def stage_sizes(self, targets: int) -> list[int]:
         """How many of ``targets`` devices each stage adds, canary first; empty stages go."""
@@ -256,6 +291,7 @@ class RolloutController:
             updated=row.updated,
             devices=tuple(devices),
             spec=row.spec,
+            gate=row.gate,
             counts={
                 state: counts.get(state, 0)
                 for state in ("pending", "assigned", "installed", "failed", "rolled_back")
@@ -281,11 +317,17 @@ class RolloutController:
                 d.state == "installed" and d.from_version != row.version for d in devices
             )
             reason = spec.failure_reason(states["failed"], reported_ok)
-            if reason is None and self.clock() - row.stage_started >= spec.soak_s:
+            soaked = self.clock() - row.stage_started >= spec.soak_s
+            if reason is None and spec.gate == "threshold" and soaked:
                 reason = self._error_rate_reason(spec, devices)
+            passed = True
+            if reason is None and spec.gate == "sequential":
+                decision = self._sequential(row, spec, devices)
+                reason = decision.reason if decision.action == "halt" else None
+                passed = decision.action == "promote"
             if reason is not None:
                 return actions + self._halt(row, "halted", reason)
-            if not self._stage_ready(spec, row, devices):
+            if not passed or not self._stage_ready(spec, row, devices):
                 return actions
             if row.stage >= max(d.stage for d in devices):
                 if states["pending"] == 0 and states["assigned"] == 0:
@@ -313,6 +355,13 @@ class RolloutController:
             f"error rate {errors / requests:.1%} over {requests} requests is above"
             f" {spec.max_error_rate:.1%}"
         )
+
+    def _sequential(self, row: RolloutRow, spec: RolloutSpec, devices: DeviceRows) -> GateDecision:
+        """The gate's look at the current stage, kept with the rollout per stage."""
+        decision = look(self.registry, row, devices, spec.gate_settings())
+        looks = row.gate | {str(row.stage): decision.as_dict()}
+        self.registry.update_rollout(row.id, gate=looks, now=self.clock())
+        return decision
 
     def _assign_stage(self, rollout_id: int, spec: RolloutSpec, stage: int) -> Assigns:
         actions: Assigns = []

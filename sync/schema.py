@@ -75,9 +75,12 @@ TABLES: dict[str, tuple[dict[str, Any], tuple[str, ...], dict[str, Any]]] = {
             "created": float,
             "updated": float,
             "reason": str,
+            # The sequential gate's latest look (sync/gate.py), as JSON; "{}" under the
+            # fixed-threshold gate.
+            "gate": str,
         },
         ("id",),
-        {"reason": ""},
+        {"reason": "", "gate": "{}"},
     ),
     "rollout_devices": (
         {
@@ -174,4 +177,5 @@ def rollout_row(row: dict[str, Any]) -> RolloutRow:
         created=row["created"],
         updated=row["updated"],
         reason=row["reason"],
+        gate=json.loads(row["gate"] or "{}"),
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from edgeserve.stats import Proportion
 from edgeserve.wire.model_card import ModelCard
 from edgeserve.wire.sync_messages import RunningModel
 
@@ -71,6 +72,7 @@ class RolloutRow:
     created: float
     updated: float
     reason: str
+    gate: dict[str, Any] = field(default_factory=dict)  # stage (str) -> the gate's last look
 
 
 @dataclass(frozen=True, slots=True)
@@ -108,6 +110,7 @@ class RolloutView:
     devices: tuple[RolloutDeviceRow, ...]
     counts: dict[str, int] = field(default_factory=dict)
     spec: dict[str, Any] = field(default_factory=dict)
+    gate: dict[str, Any] = field(default_factory=dict)  # sequential gate: stage -> last look
 
     @property
     def total(self) -> int:
@@ -142,3 +145,25 @@ class VersionSummary:
     cache_hit_rate: float
     dropped: int
     score_quantiles: tuple[float, float, float] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class CohortCounts:
+    """What one cohort's telemetry says since the stage started."""
+
+    requests: int = 0
+    errors: int = 0
+    scored: int = 0  # requests with a router score
+    below: int = 0  # of those, scored below the reference threshold
+    measured: int = 0  # escalated requests the cloud answered, with an agreement share
+    agreed: float = 0.0  # the sum of their agreement shares
+
+    def rates(self) -> dict[str, Proportion]:
+        # A request's agreement is a share of its escalated rows; rounding the sum makes
+        # one-row requests exact and batched ones a close count.
+        agreed = min(round(self.agreed), self.measured)
+        return {
+            "agreement": Proportion(agreed, self.measured),
+            "escalation": Proportion(self.below, self.scored),
+            "errors": Proportion(self.errors, self.requests),
+        }
