@@ -54,6 +54,7 @@ from edgeserve.wire.model_card import ModelCard
 from sync.artifacts import ArtifactStore
 from sync.config import TOKEN_FILE, TOKEN_HASH_FILE, SyncConfig
 from sync.core import CoreThread
+from sync.gate import GateKind
 from sync.metrics import SyncMetrics
 from sync.rollout import RolloutSpec
 
@@ -88,6 +89,10 @@ class RolloutRequest(BaseModel):
     max_failures: int | None = Field(None, ge=0)
     max_failure_rate: float | None = Field(None, ge=0, le=1)
     max_error_rate: float | None = Field(None, ge=0, le=1)
+    gate: GateKind = Field("threshold", description="threshold, or sequential (sync.gate)")
+    gate_min_requests: int = Field(100, ge=1, description="per cohort before a test decides")
+    gate_margin_agreement: float = Field(0.05, ge=0, lt=1)
+    gate_margin_escalation: float = Field(0.05, ge=0, lt=1)
 
     def to_spec(self, config: SyncConfig) -> RolloutSpec:
         return RolloutSpec(
@@ -101,6 +106,10 @@ class RolloutRequest(BaseModel):
             max_failures=_default(self.max_failures, config.rollout_max_failures),
             max_failure_rate=_default(self.max_failure_rate, config.rollout_max_failure_rate),
             max_error_rate=_default(self.max_error_rate, config.rollout_max_error_rate),
+            gate=self.gate,
+            gate_min_requests=self.gate_min_requests,
+            gate_margin_agreement=self.gate_margin_agreement,
+            gate_margin_escalation=self.gate_margin_escalation,
         )
 
 
