@@ -116,6 +116,9 @@ def push(
     soak: Annotated[float | None, typer.Option(help="seconds each stage soaks")] = None,
     max_failures: Annotated[int | None, typer.Option(help="failures that halt it")] = None,
     wait: Annotated[bool, typer.Option(help="follow the rollout until it ends")] = False,
+    gate: Annotated[
+        str, typer.Option(help="threshold, or sequential: promote when not worse than the old")
+    ] = "threshold",
 ) -> None:
     """Upload an artifact as MODEL@VERSION and start a staged rollout of it."""
     from edgeserve.wire.errors import EdgeServeError
@@ -134,6 +137,7 @@ def push(
         "stages": parse_stages(stages),
         "soak_s": soak,
         "max_failures": max_failures,
+        "gate": gate,
     }
 
     def run(client: Any) -> Any:
