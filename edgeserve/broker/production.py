@@ -58,6 +58,9 @@ def init_fleet_broker(
     return FleetBrokerFiles(setup, broker_host, _sync_host_files(setup, directory / "sync-host"))
 
 
+SYNC_STATE = Path("/var/lib/edgeserve-sync")
+
+
 def _sync_host_files(setup: BrokerSetup, folder: Path) -> Path:
     """The sync service's login and a config naming it, paths relative to ``sync.toml``."""
     folder.mkdir(mode=0o700, exist_ok=True)
@@ -68,7 +71,8 @@ def _sync_host_files(setup: BrokerSetup, folder: Path) -> Path:
     password = setup.credentials(SERVICE_USER).password
     write_private(folder / "broker.password", (password + "\n").encode())
     (folder / "sync.toml").write_text(
-        "# edgeserve sync service; paths are relative to this file's folder.\n"
+        "# edgeserve sync service; relative paths are relative to this file's folder.\n"
+        f'state_dir = "{SYNC_STATE}"\n'
         f'broker_host = "{setup.host}"\n'
         f"broker_port = {setup.port}\n"
         f'broker_username = "{SERVICE_USER}"\n'
