@@ -84,6 +84,25 @@ def models_list(
     list_cards(folder)
 
 
+@models_app.command("distill")
+def models_distill(
+    registry: Annotated[Path, typer.Option(help="the sync service's registry.db")],
+    out: Annotated[Path, typer.Option(help="output folder")] = Path("distilled"),
+    version: Annotated[str, typer.Option(help="the new version")] = "2",
+    epochs: Annotated[int, typer.Option(help="passes over the training set")] = 12,
+    keep_bank: Annotated[
+        bool, typer.Option(help="keep the served trust bank (updates cannot ship a new one yet)")
+    ] = False,
+    shuffle_labels: Annotated[
+        bool, typer.Option(help="train a deliberately worse model (for testing the gate)")
+    ] = False,
+) -> None:
+    """Retrain the edge model from the fleet's hard examples, the cloud model as teacher."""
+    from edgeserve.cli.models import distill
+
+    raise typer.Exit(distill(registry, out, version, epochs, keep_bank, shuffle_labels))
+
+
 @eval_app.command("cascade")
 def eval_cascade(
     out: Annotated[Path, typer.Option(help="folder for CSV, JSON and plots")] = Path(
