@@ -15,9 +15,11 @@ per batch keep the hot path at tens of thousands of records a second.
 from __future__ import annotations
 
 import sqlite3
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import orjson
 from pydantic import TypeAdapter, ValidationError
 
@@ -82,6 +84,46 @@ def fleet_dropped(registry: Registry) -> int:
     """Records the whole fleet reported dropping under its outbox budgets, all time."""
     row = registry.conn.execute("SELECT COALESCE(SUM(dropped), 0) FROM telemetry_cursor")
     return int(row.fetchone()[0])
+
+
+@dataclass(frozen=True, slots=True)
+class HardExamples:
+    x: npt.NDArray[np.float32]  # [N, features]
+    skipped: int  # records of this model that were malformed or of another width
+
+
+def hard_examples(
+    registry: Registry, model: str, input_name: str, version: str | None = None
+) -> HardExamples:
+    """The inputs of the fleet's ``hard_example`` records for ``model`` (one version, or
+    all), oldest first.
+
+    A record carries the input the edge was unsure of but not the cloud's answer (an agent
+    queueing hard examples does not escalate them); the learning loop asks the cloud
+    model, its teacher, for the label (``models.distill``). A malformed record, or one of
+    another width than the first, is skipped and counted: one training batch, one width.
+    """
+    rows = registry.conn.execute(
+        "SELECT data FROM telemetry_other WHERE kind = 'hard_example' ORDER BY ts, device_id, seq"
+    ).fetchall()
+    inputs: list[npt.NDArray[np.float32]] = []
+    skipped = 0
+    for (text,) in rows:
+        data = orjson.loads(text)
+        if data.get("model") != model or version not in (None, data.get("version")):
+            continue
+        try:
+            flat = np.asarray(data["inputs"][input_name]["data"], dtype=np.float32).reshape(-1)
+        except (KeyError, TypeError, ValueError):
+            skipped += 1
+            continue
+        if (inputs and len(flat) != len(inputs[0])) or not np.all(np.isfinite(flat)):
+            skipped += 1
+            continue
+        inputs.append(flat)
+    width = len(inputs[0]) if inputs else 0
+    x = np.stack(inputs) if inputs else np.zeros((0, width), dtype=np.float32)
+    return HardExamples(x, skipped)
 
 
 def _rows(batch: TelemetryBatch) -> tuple[list[RequestRow], list[OtherRow]]:

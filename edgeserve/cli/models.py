@@ -59,3 +59,43 @@ def cards_table(cards: list[ModelCard], title: str) -> Table:
             accuracy,
         )
     return table
+
+
+def distill(
+    registry_path: Path,
+    out: Path,
+    version: str,
+    epochs: int,
+    keep_bank: bool,
+    shuffle_labels: bool,
+) -> int:
+    """``models distill``: a new edge version from the fleet's hard examples; exit code."""
+    from models.distill import DistillConfig, distill_edge_version
+    from sync.ingest import hard_examples
+    from sync.registry import Registry
+
+    console = Console()
+    if not registry_path.is_file():
+        console.print(f"[red]error:[/red] no sync registry at {registry_path}")
+        return 1
+    registry = Registry(registry_path)
+    try:
+        found = hard_examples(registry, "digits-edge", "input")
+    finally:
+        registry.close()
+    if len(found.x) == 0:
+        console.print("[red]error:[/red] the fleet has uploaded no hard examples of digits-edge")
+        return 1
+    config = DistillConfig(epochs=epochs, shuffle_labels=shuffle_labels, rebuild_bank=not keep_bank)
+    with console.status(f"distilling from {len(found.x)} hard examples"):
+        result = distill_edge_version(out, found.x, version, config)
+    console.print(cards_table([result.card], f"distilled into {out}"))
+    console.print(
+        f"{result.hard_examples} hard examples ({found.skipped} malformed skipped); the"
+        f" served edge model agreed with the cloud on {result.hard_label_agreement:.1%} of them"
+    )
+    console.print(
+        f"push it: edgeserve fleet push {result.artifact} --model digits-edge"
+        f" --version {version} --card {out / 'digits-edge.card.json'} --gate sequential"
+    )
+    return 0
