@@ -2,10 +2,11 @@
 
 A device's MQTT username is its device id, and it may touch only its own subtree
 ``edgeserve/v1/devices/<id>/`` — reading what the fleet sends it (desired state, update
-chunks, telemetry acks) and writing what it reports (status, reported state, chunk
-requests, update results, telemetry). Service users (the sync service) read and write
-the whole ``edgeserve/v1/`` tree. ``render_acl`` writes these rules as a Mosquitto ACL
-file with ``pattern`` lines (``%u`` is the username); ``may_publish`` and
+chunks, telemetry acks, renewed certificates) and writing what it reports (status,
+reported state, chunk requests, update results, telemetry, certificate requests).
+Service users (the sync service) read and write the whole ``edgeserve/v1/`` tree.
+``render_acl`` writes these rules as a Mosquitto ACL file with ``pattern`` lines (``%u``
+is the username); ``may_publish`` and
 ``may_subscribe`` apply the same rules with Mosquitto's matching semantics for the
 embedded broker, so the two cannot drift apart. A last will is a publish: Mosquitto
 checks its topic against the write rules, and so does the embedded broker.
@@ -39,11 +40,13 @@ DEVICE_RULES: tuple[AclRule, ...] = (
     AclRule("read", f"{_DEVICE_ROOT}/desired"),
     AclRule("read", f"{_DEVICE_ROOT}/update/+/chunk/+"),
     AclRule("read", f"{_DEVICE_ROOT}/telemetry/ack"),
+    AclRule("read", f"{_DEVICE_ROOT}/cert/issued"),
     AclRule("write", f"{_DEVICE_ROOT}/status"),
     AclRule("write", f"{_DEVICE_ROOT}/reported"),
     AclRule("write", f"{_DEVICE_ROOT}/update/+/request"),
     AclRule("write", f"{_DEVICE_ROOT}/update/result"),
     AclRule("write", f"{_DEVICE_ROOT}/telemetry"),
+    AclRule("write", f"{_DEVICE_ROOT}/cert/request"),
 )
 SERVICE_TREE = f"{topics.ROOT}/#"
 

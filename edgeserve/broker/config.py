@@ -8,7 +8,10 @@ to), no anonymous access, the MQTT client id taken from the username
 sync service and so take over its connection, last will or persistent session),
 persistence on, and limits that let a 64 KiB update chunk through while a client sending
 a 100 MB packet of garbage is disconnected. The password
-file and the ACL file are rendered by ``passwords`` and ``acl``.
+file and the ACL file are rendered by ``passwords`` and ``acl``. With ``crl_file`` the
+listener refuses certificates the fleet CA revoked; Mosquitto 2.0.11 re-reads that file
+on SIGHUP (checked here: a revoked device's next handshake fails, while its open
+connection stays up until its password is gone too, which a reload does cut).
 """
 
 from __future__ import annotations
@@ -34,6 +37,10 @@ class MosquittoConfig:
     acl_file: Path
     persistence_dir: Path
     log_file: Path | None = None
+    # The fleet CA's revocation list (edgeserve.security.revocation); it must exist.
+    crl_file: Path | None = None
+    # Where the broker writes its pid, so a revocation elsewhere can make it reload.
+    pid_file: Path | None = None
     bind: str | None = "127.0.0.1"
     # Mosquitto started as root drops to this user; a non-root start ignores it.
     run_as: str | None = None
@@ -53,6 +60,7 @@ def production_config(etc: Path = Path("/etc/mosquitto/edgeserve")) -> Mosquitto
         key=etc / "server.key",
         password_file=etc / "passwd",
         acl_file=etc / "acl",
+        crl_file=etc / "crl.pem",
         persistence_dir=Path("/var/lib/mosquitto"),
         log_file=None,  # stderr, which systemd hands to the journal
         bind=None,
@@ -67,6 +75,7 @@ def render_mosquitto_conf(config: MosquittoConfig) -> str:
         "allow_anonymous false",
         f"password_file {config.password_file}",
         f"acl_file {config.acl_file}",
+        *([f"pid_file {config.pid_file}"] if config.pid_file else []),
         "",
         "persistence true",
         f"persistence_location {config.persistence_dir}/",
@@ -88,6 +97,7 @@ def render_mosquitto_conf(config: MosquittoConfig) -> str:
         f"certfile {config.cert}",
         f"keyfile {config.key}",
         "require_certificate true",
+        *([f"crlfile {config.crl_file}"] if config.crl_file else []),
         # The certificate admits a client, the password says who it is: both are needed.
         "use_identity_as_username false",
         # Identity comes from the credentials, never from the client id a client asks for.

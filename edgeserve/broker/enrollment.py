@@ -16,9 +16,11 @@ device reloads any broker started from this setup.
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import os
 import pwd
+import signal
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +31,14 @@ from edgeserve.broker.acl import SERVICE_USER, render_acl
 from edgeserve.broker.config import MosquittoConfig, render_mosquitto_conf
 from edgeserve.durable import write_atomic, write_private
 from edgeserve.mqtt import BrokerAddress
-from edgeserve.security.pki import CertPaths, DevPki, issue_client_cert, sign_device_csr
+from edgeserve.security.pki import (
+    LEAF_VALIDITY,
+    CertPaths,
+    DevPki,
+    issue_client_cert,
+    sign_device_csr,
+)
+from edgeserve.security.revocation import crl_entries, write_crl
 from edgeserve.wire.errors import InvalidInput, ModelNotFound
 from edgeserve.wire.topics import check_device_id
 
@@ -103,6 +112,14 @@ class BrokerSetup:
         return self.directory / "credentials"
 
     @property
+    def crl_file(self) -> Path:
+        return self.directory / "crl.pem"
+
+    @property
+    def pid_file(self) -> Path:
+        return self.directory / "mosquitto.pid"
+
+    @property
     def enrolled_dir(self) -> Path:
         """The certificates issued by ``enroll`` (public: kept for the operator's records)."""
         return self.directory / "enrolled"
@@ -124,6 +141,8 @@ class BrokerSetup:
         for directory_ in (setup.directory, setup.credentials_dir, setup.persistence_dir):
             directory_.mkdir(parents=True, exist_ok=True, mode=0o700)
         setup._write_config()
+        if not setup.crl_file.exists():
+            write_crl(setup.pki.ca, [], setup.crl_file)  # the broker will not start without
         entries = passwords.read_password_file(setup.password_file)
         for user in [PROBE_USER, *setup.service_users, *devices]:
             setup._check_username(user)
@@ -176,6 +195,49 @@ class BrokerSetup:
         self._store_password_hash(device_id, passwords.hash_password(password))
         credentials = BrokerCredentials(device_id, password)
         return DeviceEnrollment(device_id, certificate, self.pki.ca.cert.read_bytes(), credentials)
+
+    def renew(
+        self, device_id: str, csr_pem: bytes, validity: dt.timedelta = LEAF_VALIDITY
+    ) -> bytes:
+        """A new certificate (PEM) for an enrolled device's request; its password stays."""
+        self._check_device(device_id)
+        if device_id not in passwords.read_password_file(self.password_file):
+            raise ModelNotFound(f"device {device_id!r} is not enrolled with this broker")
+        certificate = sign_device_csr(self.pki.ca, csr_pem, device_id, validity)
+        self.enrolled_dir.mkdir(mode=0o700, exist_ok=True)
+        write_atomic(self.enrolled_dir / f"{device_id}.pem", certificate)
+        return certificate
+
+    def revoke(self, device_id: str, serials: Iterable[int]) -> None:
+        """Revoke ``serials`` (the device's certificates) and remove its password; the
+        broker reloads, which disconnects the device and refuses its certificates."""
+        self._check_device(device_id)
+        now = dt.datetime.now(dt.UTC)
+        entries = crl_entries(self.crl_file) + [(serial, now) for serial in serials]
+        write_crl(self.pki.ca, entries, self.crl_file)
+        self._credential_path(device_id).unlink(missing_ok=True)
+        users = passwords.read_password_file(self.password_file)
+        users.pop(device_id, None)
+        passwords.write_password_file(self.password_file, users)
+        self.reload_brokers()
+
+    def revoked_serials(self) -> set[int]:
+        return {serial for serial, _ in crl_entries(self.crl_file)}
+
+    def reload_brokers(self) -> None:
+        """Reload the brokers attached here, or else the one whose pid file is here."""
+        for broker in self._brokers:
+            broker.reload()
+        if self._brokers:
+            return
+        try:
+            pid = int(self.pid_file.read_text().strip())
+            # A broker killed with SIGKILL leaves its pid file; the pid may be reused.
+            running = Path(f"/proc/{pid}/comm").read_text().strip() == "mosquitto"
+        except (OSError, ValueError):
+            return  # no broker runs from this folder: it reads the files when it starts
+        if running:
+            os.kill(pid, signal.SIGHUP)
 
     def users(self) -> list[str]:
         return sorted(passwords.read_password_file(self.password_file))
@@ -231,6 +293,8 @@ class BrokerSetup:
             acl_file=self.acl_file,
             persistence_dir=self.persistence_dir,
             log_file=self.log_file,
+            crl_file=self.crl_file,
+            pid_file=self.pid_file,
             bind=self.host,
             run_as=pwd.getpwuid(os.geteuid()).pw_name,
         )
@@ -261,8 +325,7 @@ class BrokerSetup:
         entries = passwords.read_password_file(self.password_file)
         entries[username] = password_hash
         passwords.write_password_file(self.password_file, entries)
-        for broker in self._brokers:
-            broker.reload()
+        self.reload_brokers()
 
     def _new_password(self, username: str) -> str:
         """A fresh password: its plaintext to the 0600 credentials file, its hash returned."""

@@ -112,14 +112,20 @@ def issue_server_cert(
     return _issue(ca, directory, name, subject, ExtendedKeyUsageOID.SERVER_AUTH, sans)
 
 
-def issue_client_cert(ca: CertPaths, directory: Path, common_name: str) -> CertPaths:
+def issue_client_cert(
+    ca: CertPaths, directory: Path, common_name: str, validity: dt.timedelta = LEAF_VALIDITY
+) -> CertPaths:
     """``<common_name>.pem``/``.key`` for a device; its CN is the device id the gateway sees."""
-    return _issue(ca, directory, common_name, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [])
+    return _issue(
+        ca, directory, common_name, common_name, ExtendedKeyUsageOID.CLIENT_AUTH, [], validity
+    )
 
 
-def sign_device_csr(ca: CertPaths, csr_pem: bytes, device_id: str) -> bytes:
+def sign_device_csr(
+    ca: CertPaths, csr_pem: bytes, device_id: str, validity: dt.timedelta = LEAF_VALIDITY
+) -> bytes:
     """A client certificate (PEM) for the key in ``csr_pem``, signed by ``ca``, once the
-    request proves it holds that key and its CN is ``device_id``."""
+    request proves it holds that key and its CN is ``device_id``; it lives ``validity``."""
     _check_name(device_id)
     csr = load_device_csr(csr_pem)
     requested = csr_common_name(csr)
@@ -130,7 +136,9 @@ def sign_device_csr(ca: CertPaths, csr_pem: bytes, device_id: str) -> bytes:
     public_key = csr.public_key()
     assert isinstance(public_key, ec.EllipticCurvePublicKey)  # load_device_csr checked it
     ca_cert, ca_key = _load_cert(ca.cert), _load_key(ca.key)
-    builder = _leaf_builder(ca_cert, device_id, public_key, ExtendedKeyUsageOID.CLIENT_AUTH)
+    builder = _leaf_builder(
+        ca_cert, device_id, public_key, ExtendedKeyUsageOID.CLIENT_AUTH, validity
+    )
     return builder.sign(ca_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
 
 
@@ -220,11 +228,12 @@ def _issue(
     common_name: str,
     usage: x509.ObjectIdentifier,
     sans: list[x509.GeneralName],
+    validity: dt.timedelta = LEAF_VALIDITY,
 ) -> CertPaths:
     _check_name(file_stem)
     ca_cert, ca_key = _load_cert(ca.cert), _load_key(ca.key)
     key = ec.generate_private_key(ec.SECP256R1())
-    builder = _leaf_builder(ca_cert, common_name, key.public_key(), usage)
+    builder = _leaf_builder(ca_cert, common_name, key.public_key(), usage, validity)
     if sans:
         builder = builder.add_extension(x509.SubjectAlternativeName(sans), critical=False)
     paths = CertPaths(directory / f"{file_stem}.pem", directory / f"{file_stem}.key")
@@ -237,7 +246,10 @@ def _leaf_builder(
     common_name: str,
     public_key: ec.EllipticCurvePublicKey,
     usage: x509.ObjectIdentifier,
+    validity: dt.timedelta = LEAF_VALIDITY,
 ) -> x509.CertificateBuilder:
+    if validity <= dt.timedelta(0):
+        raise ValueError(f"a certificate must live some time, not {validity}")
     now = _now()
     ski = ca_cert.extensions.get_extension_for_class(x509.SubjectKeyIdentifier).value
     return (
@@ -246,8 +258,8 @@ def _leaf_builder(
         .issuer_name(ca_cert.subject)
         .public_key(public_key)
         .serial_number(x509.random_serial_number())
-        .not_valid_before(now - _CLOCK_SKEW)
-        .not_valid_after(min(now + LEAF_VALIDITY, ca_cert.not_valid_after_utc))
+        .not_valid_before(now - min(_CLOCK_SKEW, validity))
+        .not_valid_after(min(now + validity, ca_cert.not_valid_after_utc))
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(_key_usage(cert_sign=False), critical=True)
         .add_extension(x509.ExtendedKeyUsage([usage]), critical=False)

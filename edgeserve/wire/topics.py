@@ -10,6 +10,8 @@
     edgeserve/v1/devices/<device>/update/result          device → fleet  outcome of an update
     edgeserve/v1/devices/<device>/telemetry              device → fleet  zstd batch
     edgeserve/v1/devices/<device>/telemetry/ack          fleet → device  highest contiguous seq
+    edgeserve/v1/devices/<device>/cert/request           device → fleet  its certificate (+ CSR)
+    edgeserve/v1/devices/<device>/cert/issued            fleet → device  renewed certificate
 
 A device reads and writes only under its own ``devices/<device>/`` subtree (the broker's
 ACL enforces it, ``deploy/mosquitto/``). A rollout to a group is resolved by the sync
@@ -36,6 +38,8 @@ DeviceTopicKind = Literal[
     "update_result",
     "telemetry",
     "telemetry_ack",
+    "cert_request",
+    "cert_issued",
 ]
 
 
@@ -86,9 +90,22 @@ def telemetry_ack(device_id: str) -> str:
     return f"{device_root(device_id)}/telemetry/ack"
 
 
+def cert_request(device_id: str) -> str:
+    return f"{device_root(device_id)}/cert/request"
+
+
+def cert_issued(device_id: str) -> str:
+    return f"{device_root(device_id)}/cert/issued"
+
+
 # What each side subscribes to.
 def device_subscriptions(device_id: str) -> list[str]:
-    return [desired(device_id), chunk_filter(device_id), telemetry_ack(device_id)]
+    return [
+        desired(device_id),
+        chunk_filter(device_id),
+        telemetry_ack(device_id),
+        cert_issued(device_id),
+    ]
 
 
 FLEET_SUBSCRIPTIONS = [
@@ -97,6 +114,7 @@ FLEET_SUBSCRIPTIONS = [
     f"{ROOT}/devices/+/update/+/request",
     f"{ROOT}/devices/+/update/result",
     f"{ROOT}/devices/+/telemetry",
+    f"{ROOT}/devices/+/cert/request",
 ]
 
 
@@ -117,6 +135,8 @@ _FIXED_KINDS: dict[tuple[str, ...], DeviceTopicKind] = {
     ("telemetry",): "telemetry",
     ("telemetry", "ack"): "telemetry_ack",
     ("update", "result"): "update_result",
+    ("cert", "request"): "cert_request",
+    ("cert", "issued"): "cert_issued",
 }
 
 
