@@ -24,7 +24,7 @@ from sync.artifacts import ArtifactStore
 from sync.builds import PayloadBuilds
 from sync.bulk import bulk_publisher
 from sync.config import SyncConfig
-from sync.handlers import HandlerContext, dispatch, issue_assignments
+from sync.handlers import HandlerContext, dispatch, issue_assignments, issue_built
 from sync.ingest import fleet_summary
 from sync.metrics import SyncMetrics
 from sync.registry import Registry
@@ -79,7 +79,7 @@ class SyncCore:
 
     def tick(self) -> None:
         self._send(issue_assignments(self.ctx, self.controller.tick()))
-        self._send(self.ctx.issuer.issue_waiting(self.metrics))  # payloads built meanwhile
+        self._send(issue_built(self.ctx))  # payloads built meanwhile
         self.metrics.set_rollout_states(Counter(row.state for row in self.registry.rollouts()))
         self.metrics.devices_online.set(self.registry.count_online())
         now = time.monotonic()

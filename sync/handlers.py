@@ -252,6 +252,18 @@ def dispatch(ctx: HandlerContext, topic: str, payload: bytes) -> list[Outgoing]:
     return HANDLERS.get(parsed.kind, on_unexpected)(ctx, parsed, payload)
 
 
+def issue_built(ctx: HandlerContext) -> list[Outgoing]:
+    """Issue the updates whose payload the build worker finished since the last tick."""
+    assigns = []
+    for waiting in ctx.issuer.ready_waiting(ctx.metrics):
+        found = ctx.controller.current_assign(waiting.device_id, waiting.model, waiting.version)
+        rollout_id = found.rollout_id if found is not None else 0
+        assigns.append(
+            Assign(waiting.device_id, waiting.model, waiting.version, waiting.rollback, rollout_id)
+        )
+    return issue_assignments(ctx, assigns)
+
+
 def issue_assignments(ctx: HandlerContext, assigns: Iterable[Assign]) -> list[Outgoing]:
     """Sign each assignment for its device; one device's failure does not stop the others,
     and a device whose update cannot be issued fails in its rollout with the reason."""

@@ -9,8 +9,8 @@ thousand devices on the same base share one file. A payload of ``bulk_min_bytes`
 is also published for a static HTTP server (``sync.bulk``) and its manifest names that
 URL, so the bytes may leave the broker. With ``builds`` (the service), a
 payload not yet in the store is built in a worker process: ``issue`` raises
-``BuildPending`` and remembers the device, and ``issue_waiting`` (called on the core's
-tick) issues every update whose payload has since been built.
+``BuildPending`` and remembers the device, and ``ready_waiting`` (called on the core's
+tick) hands back every update whose payload has since been built, to be issued.
 
 The manifest lists each chunk's sha256, is signed with the operator key, and replaces
 that model's entry in the device's ``DesiredState`` under a new revision;
@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from edgeserve.security.signing import OperatorKey
 from edgeserve.wire import topics
 from edgeserve.wire.delta import tensor_format_for
-from edgeserve.wire.errors import EdgeServeError, IntegrityError, ModelNotFound
+from edgeserve.wire.errors import IntegrityError, ModelNotFound
 from edgeserve.wire.manifest import PayloadSpec, SelfTest, SignedManifest, UpdateManifest
 from edgeserve.wire.sync_messages import DesiredState
 from sync.artifacts import ArtifactStore, CachedPayload
@@ -108,7 +108,7 @@ class UpdateIssuer:
         """Sign ``model@version`` for ``device_id`` and make it that device's desire.
 
         Raises BuildPending when the payload is being built in the worker (the update
-        is then issued by :meth:`issue_waiting`).
+        is then handed back by :meth:`ready_waiting`).
         """
         target = self._version(model, version)
         for waiting in self._waiting.values():  # a newer desire replaces a waiting one
@@ -149,36 +149,22 @@ class UpdateIssuer:
         )
         return Issued(state, spec)
 
-    def issue_waiting(self, metrics: SyncMetrics) -> list[Outgoing]:
-        """Issue every update whose payload build finished since the last call.
-
-        A failed build is not retried: its devices get the full payload instead.
-        """
+    def ready_waiting(self, metrics: SyncMetrics) -> list[Waiting]:
+        """The updates whose payload build finished since the last call, to issue now
+        (``handlers.issue_built``). A failed build is not retried: its devices get the
+        full payload instead."""
         if self.builds is None:
             return []
-        out = []
+        ready: list[Waiting] = []
         for finished in self.builds.finished():
             metrics.payload_builds.labels("failed" if finished.payload is None else "done").inc()
             if finished.payload is None:
                 self._failed.add(finished.key)
-            for waiting in self._waiting.pop(finished.key, {}).values():
-                try:
-                    issued = self.issue(
-                        waiting.device_id, waiting.model, waiting.version, waiting.rollback
-                    )
-                except EdgeServeError as exc:
-                    metrics.rejected.labels("issue", exc.code.label).inc()
-                    log.warning(
-                        "could not issue update",
-                        extra={"device": waiting.device_id, "reason": exc.message},
-                    )
-                    continue
-                metrics.issued.labels(issued.spec.encoding).inc()
-                out.append(issued.message)
+            ready += self._waiting.pop(finished.key, {}).values()
         metrics.payload_builds_running.clear()
         for progress in self.builds.progress():
             metrics.payload_builds_running.labels(progress.stage).inc()
-        return out
+        return ready
 
     def close(self) -> None:
         if self.builds is not None:
@@ -190,7 +176,7 @@ class UpdateIssuer:
         Desired states are retained for devices that may stay offline for a long time; a
         manifest that expired on the broker would be refused when the device returns. A
         device whose payload must be built anew (its agent was upgraded, say) gets its
-        refreshed manifest from :meth:`issue_waiting` once the build is done.
+        refreshed manifest from ``handlers.issue_built`` once the build is done.
         """
         refreshed = []
         deadline = self.clock() + margin_s

@@ -18,7 +18,7 @@ from edgeserve.wire.errors import IntegrityError, ModelNotFound, SignatureError
 from edgeserve.wire.manifest import UpdateManifest, verify_signed_manifest
 from edgeserve.wire.sync_messages import ReportedState, RunningModel
 from sync.builds import BuildPending, PayloadBuilds
-from sync.metrics import SyncMetrics
+from sync.handlers import issue_built
 from tests.unit.sync_setup import MODEL, Fleet, build_fleet
 
 
@@ -173,8 +173,7 @@ def test_a_refresh_that_needs_a_new_build_issues_the_rest_and_that_one_later(
     try:
         refreshed = fleet.issuer.refresh_expiring(margin_s=2 * fleet.issuer.manifest_ttl_s)
         assert [issued.state.device_id for issued in refreshed] == ["old"]
-        metrics = SyncMetrics()
-        later = wait_until(lambda: fleet.issuer.issue_waiting(metrics), 120, "the new build")
+        later = wait_until(lambda: issue_built(fleet.ctx), 120, "the new build")
     finally:
         builds.close()
     assert [message.topic for message in later] == [topics.desired("new")]
@@ -189,7 +188,7 @@ def test_a_device_waiting_for_a_build_gets_only_its_latest_desire(tmp_path: Path
         for rollback in (False, True):  # asked twice while its payload builds
             with pytest.raises(BuildPending):
                 fleet.issuer.issue("dev", MODEL, "2", rollback=rollback)
-        later = wait_until(lambda: fleet.issuer.issue_waiting(SyncMetrics()), 120, "the build")
+        later = wait_until(lambda: issue_built(fleet.ctx), 120, "the build")
     finally:
         builds.close()
     assert len(later) == 1
