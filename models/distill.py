@@ -165,9 +165,9 @@ def distill_edge_version(
     """
     config = config or DistillConfig()
     source = source or packaged_artifacts()
-    hard_x = np.ascontiguousarray(hard_x, dtype=np.float32).reshape(len(hard_x), -1)
     if len(hard_x) == 0:
         raise NoHardExamples("no hard examples to distill from")
+    hard_x = np.ascontiguousarray(hard_x, dtype=np.float32).reshape(len(hard_x), -1)
     out_dir.mkdir(parents=True, exist_ok=True)
     _copy_inputs(source, out_dir)
     base = ModelCard.load(source / f"{EDGE}{CARD_SUFFIX}")
