@@ -264,7 +264,8 @@ def _refusals(console: Console, stack: FleetStack, admin: AdminClient) -> None:
     )
     with _Connection(_address(stack, OPERATOR_USER, mqtt4), "demo-forger") as forger:
         desired = decode(DesiredState, forger.retained(topics.desired("edge-0")))
-        forger.publish(topics.desired("edge-0"), _forged(desired).to_bytes())
+        forged = _forged(desired)
+        forger.publish(topics.desired("edge-0"), forged.to_bytes())
     with OipHttpClient(stack.agent_url("edge-0")) as client:
         agent = wait_until(
             lambda: _samples(client.metrics(), "edgeserve_agent_sync_rejected_total"),
@@ -273,10 +274,11 @@ def _refusals(console: Console, stack: FleetStack, admin: AdminClient) -> None:
         )
         serves = client.model_metadata(MODEL)["versions"]
     console.print(
-        f"forged desired state sent as {OPERATOR_USER} (revision {desired.revision + 1}, the "
-        f"signed v2 manifest edited to say v3): edge-0 refused it, counted "
-        f"edgeserve_agent_sync_rejected_total {agent}, and still serves "
-        f"{', '.join(f'v{v}' for v in serves)}"
+        f"forged desired state sent as {OPERATOR_USER} (revision {forged.revision}, an hour "
+        f"ahead, the signed v2 manifest edited to say v3): edge-0 refused it whole, counted "
+        f"edgeserve_agent_sync_rejected_total {agent}, still serves "
+        f"{', '.join(f'v{v}' for v in serves)} and did not adopt the forged revision, so "
+        f"the fleet's next genuine one still applies"
     )
 
 
@@ -286,7 +288,10 @@ def _forged(desired: DesiredState) -> DesiredState:
     manifest["version"] = "3"
     edited = base64.b64encode(json.dumps(manifest).encode()).decode()
     models = {MODEL: envelope.model_copy(update={"manifest": edited})}
-    return desired.model_copy(update={"revision": desired.revision + 1, "models": models})
+    # Far ahead of the service's revisions (the clock in ms): had the device adopted it,
+    # every genuine desired state of the next hour would have been "stale".
+    ahead = desired.revision + 3_600_000
+    return desired.model_copy(update={"revision": ahead, "models": models})
 
 
 class _Connection:
