@@ -127,6 +127,7 @@ class MqttLink:
         self.connected = asyncio.Event()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._waits = JitteredBackoff(self.backoff, self.rng)
+        self._tls: ssl.SSLContext | None = None
         self._client = self._build_client()
 
     def _build_client(self) -> paho.Client:
@@ -144,12 +145,9 @@ class MqttLink:
         if self.address.username is not None:
             client.username_pw_set(self.address.username, self.address.password)
         if self.address.tls:
-            client.tls_set(
-                ca_certs=str(self.address.ca),
-                certfile=str(self.address.cert) if self.address.cert else None,
-                keyfile=str(self.address.key) if self.address.key else None,
-                cert_reqs=ssl.CERT_REQUIRED,
-            )
+            self._tls = ssl.create_default_context(cafile=self.address.ca)
+            self.reload_client_certificate()
+            client.tls_set_context(self._tls)
         if self.will is not None:
             client.will_set(self.will.topic, self.will.payload, qos=1, retain=self.will.retain)
         self._arm_reconnect(client)
@@ -212,6 +210,17 @@ class MqttLink:
         """Queue a message; paho sends it now or after the next reconnect (QoS >= 1)."""
         self._client.publish(topic, payload, qos=qos, retain=retain)
         self.stats.published += 1
+
+    def reload_client_certificate(self) -> None:
+        """Present the certificate and key files as they are now from the next connect on.
+
+        paho keeps one SSL context for every reconnect and refuses a second one, so a
+        renewed certificate is loaded into that same context (OpenSSL replaces the pair).
+        The open connection keeps the certificate it was made with, which the broker does
+        not check again: the link stays up across the old certificate's expiry.
+        """
+        if self._tls is not None and self.address.cert is not None:
+            self._tls.load_cert_chain(self.address.cert, self.address.key)
 
     @property
     def is_connected(self) -> bool:
