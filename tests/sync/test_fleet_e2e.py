@@ -206,6 +206,26 @@ def test_a_device_reporting_a_huge_desired_revision_stops_no_rollout(start, v2: 
     assert metric_value(sync_metrics(stack), rejected) == 1
 
 
+def test_a_payload_rotten_on_the_sync_services_disk_is_rebuilt_and_the_rollout_completes(
+    start, v2: Release
+) -> None:
+    stack = start(["dev-0"])
+    first = stack.push(v2.artifact, v2.card, canary=1, stages=[1.0])
+    assert stack.wait_rollout(first, timeout=60)["state"] == "completed"
+    payloads = [p for p in (stack.sync_state / "store" / "payloads").rglob("*") if p.is_file()]
+    for payload in payloads:  # the delta dev-0 fetched, which dev-1 (also on v1) gets too
+        payload.write_bytes(bytes([payload.read_bytes()[0] ^ 0xFF]) + payload.read_bytes()[1:])
+
+    stack.start_agent("dev-1")
+    wait_until(lambda: online(stack) == 2, 30, "dev-1 online")
+    second = stack.push(v2.artifact, v2.card, canary=2, stages=[1.0])
+
+    assert stack.wait_rollout(second, timeout=60)["state"] == "completed"
+    assert served_version(stack, "dev-1") == "2"
+    rotten = 'edgeserve_sync_store_corrupt_total{what="payload"}'
+    assert metric_value(sync_metrics(stack), rotten) >= 1
+
+
 # -- telemetry --------------------------------------------------------------------------
 
 
