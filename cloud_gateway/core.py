@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,8 +43,6 @@ from edgeserve.wire.validation import validate_inputs
 
 # A front door's header (REST) or call metadata (gRPC) by lowercase name, if sent.
 HeaderLookup = Callable[[str], str | None]
-SHADOW_TENANT = "_shadow"
-SHADOW_PRIORITY = 1 << 20  # below every tier a tenant can have: mirrored work goes last
 
 PLATFORMS = {
     "onnxruntime": "onnxruntime_onnx",
@@ -86,6 +85,7 @@ class GatewayCore:
         # Cluster-wide token buckets (Redis) when configured; else each process's own.
         self.shared_buckets = shared_buckets
         self.experiments = experiments
+        self._shadow_pool = ThreadPoolExecutor(1, thread_name_prefix="shadow")
         # model -> its running experiment: the one lookup every request pays for them.
         self._experiments: dict[str, LiveExperiment] = experiments.active if experiments else {}
         self.started = False
@@ -282,22 +282,20 @@ class GatewayCore:
     async def run_shadow(
         self, model: str, version: str, arrays: dict[str, Any]
     ) -> tuple[ModelConfig, dict[str, Any]]:
-        """Mirrored requests (stacked) on the shadow version, behind every tenant's work,
-        in chunks of the model's largest batch."""
+        """Mirrored requests (stacked) on the shadow version, in chunks of the model's
+        largest batch, on the shadow's own thread: never in the inference pool, where a
+        shadow run would hold a thread that the primary's next batch is waiting for."""
         loaded = await self.repository.get(model, version)
-        limit = loaded.config.max_batch_size
-        rows = len(next(iter(arrays.values())))
-        chunks = [{n: a[i : i + limit] for n, a in arrays.items()} for i in range(0, rows, limit)]
         loaded.in_flight += 1
         try:
-            parts = await asyncio.gather(
-                *(loaded.batcher.submit(SHADOW_TENANT, 1.0, c, SHADOW_PRIORITY) for c in chunks)
-            )
+            loop = asyncio.get_running_loop()
+            results = await loop.run_in_executor(self._shadow_pool, _run_chunked, loaded, arrays)
         finally:
             loaded.in_flight -= 1
-        if len(parts) == 1:
-            return loaded.config, parts[0]
-        return loaded.config, {n: np.concatenate([p[n] for p in parts]) for n in parts[0]}
+        return loaded.config, results
+
+    def close(self) -> None:
+        self._shadow_pool.shutdown(wait=True, cancel_futures=True)
 
     async def _take_allowance(self, principal: Principal) -> None:
         # Limits change when an operator edits a tenant; set_limit ignores an unchanged one.
@@ -337,6 +335,18 @@ class GatewayCore:
             outputs=[InferTensor.from_numpy(name, results[name]) for name in wanted],
             parameters=parameters,
         )
+
+
+def _run_chunked(loaded: LoadedVersion, arrays: dict[str, Any]) -> dict[str, Any]:
+    limit = loaded.config.max_batch_size
+    rows = len(next(iter(arrays.values())))
+    parts = [
+        loaded.backend.run({n: a[i : i + limit] for n, a in arrays.items()})
+        for i in range(0, rows, limit)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    return {name: np.concatenate([part[name] for part in parts]) for name in parts[0]}
 
 
 def _wanted_outputs(model: str, available: list[str], request: InferRequest) -> list[str]:

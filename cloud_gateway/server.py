@@ -111,7 +111,7 @@ async def serve(config: GatewayConfig) -> None:
     ports = {"http": http_socket.getsockname()[1], "grpc": grpc_port}
     if config.grpc_mtls_port is not None:
         grpc_mtls, ports["grpc_mtls"] = create_grpc_server(
-            core, config.host, config.grpc_mtls_port, tls=device_tls(config)
+            core, config.host, config.grpc_mtls_port, tls=device_tls(config), crl=config.client_crl
         )
         servers.append(grpc_mtls)
     for server in servers:
@@ -141,6 +141,7 @@ async def serve(config: GatewayConfig) -> None:
         if sampler is not None:
             await sampler
         await core.experiments.close()
+        core.close()
         await core.repository.close()
         if core.shared_buckets is not None:
             await core.shared_buckets.close()
