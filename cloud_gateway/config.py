@@ -36,6 +36,9 @@ class GatewayConfig(ServiceSettings):
     tls_cert: Path | None = Field(None, description="server certificate chain (PEM)")
     tls_key: Path | None = Field(None, description="server private key (PEM)")
     client_ca: Path | None = Field(None, description="CA that signs device certificates (PEM)")
+    client_crl: Path | None = Field(
+        None, description="revoked device certificates (the fleet CA's CRL); re-read on change"
+    )
     memory_budget_bytes: int = Field(2 << 30, ge=1 << 20)
     inference_threads: int = Field(2, ge=1)
     workers: int = Field(

@@ -3,10 +3,13 @@
 Two listeners share one servicer class: the plain one authenticates apps by API key in
 the call metadata (``authorization: Bearer …`` or ``x-api-key``); the mTLS one
 authenticates devices by the common name of their client certificate, which the TLS
-handshake has already verified against our CA. ``_mapped`` is the one place where
-``EdgeServeError`` becomes a gRPC status; it also parses each request from its raw bytes
-(see ``add_inference_servicer``), so a message that is not protobuf is one more
-INVALID_ARGUMENT, counted and logged (throttled) like the rest, not grpcio's UNKNOWN.
+handshake has already verified against our CA, once the certificate's serial is not on
+the fleet CA's revocation list (``RevocationList`` re-reads it when it changes, so a
+``fleet revoke`` reaches open connections at their next call without a restart).
+``_mapped`` is the one place where ``EdgeServeError`` becomes a gRPC status; it also
+parses each request from its raw bytes (see ``add_inference_servicer``), so a message
+that is not protobuf is one more INVALID_ARGUMENT, counted and logged (throttled) like
+the rest, not grpcio's UNKNOWN.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ import logging
 import math
 import time
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import grpc
@@ -24,8 +28,9 @@ from cloud_gateway.core import Credentials, GatewayCore, HeaderLookup
 from cloud_gateway.tenancy import Principal
 from edgeserve.listen import cannot_listen
 from edgeserve.logs import LogThrottle
+from edgeserve.security.revocation import RevocationList
 from edgeserve.wire import oip_grpc
-from edgeserve.wire.errors import EdgeServeError, InternalError, RateLimited
+from edgeserve.wire.errors import EdgeServeError, InternalError, RateLimited, Unauthenticated
 from edgeserve.wire.grpc_stubs import add_inference_servicer
 from edgeserve.wire.proto import grpc_service_pb2 as pb
 from edgeserve.wire.proto import grpc_service_pb2_grpc as pb_grpc
@@ -76,19 +81,30 @@ def _mapped(
 
 
 class Servicer(pb_grpc.GRPCInferenceServiceServicer):
-    def __init__(self, core: GatewayCore, mtls: bool) -> None:
+    def __init__(
+        self, core: GatewayCore, mtls: bool, revocations: RevocationList | None = None
+    ) -> None:
         self.core = core
         self.mtls = mtls
+        self.revocations = revocations
         self.refusals = LogThrottle(log, REFUSAL_LOG_INTERVAL_S)
 
     async def _principal(self, context: grpc.aio.ServicerContext) -> Principal:
         if self.mtls:
+            self._check_not_revoked(context)
             names = context.auth_context().get("x509_common_name") or [b""]
             common_name = names[0].decode() or None
             return await self.core.authenticate(Credentials(device_common_name=common_name))
         metadata = dict(context.invocation_metadata() or ())
         key = metadata.get("authorization") or metadata.get("x-api-key")
         return await self.core.authenticate(Credentials(api_key=key))
+
+    def _check_not_revoked(self, context: grpc.aio.ServicerContext) -> None:
+        if self.revocations is None:
+            return
+        pems = context.auth_context().get("x509_pem_cert") or []
+        if pems and self.revocations.is_revoked_pem(pems[0]):
+            raise Unauthenticated("this device's certificate has been revoked")
 
     @_mapped(pb.ServerLiveRequest)
     async def ServerLive(
@@ -183,14 +199,17 @@ def create_grpc_server(
     port: int,
     tls: tuple[bytes, bytes, bytes] | None = None,
     max_message_bytes: int = 16 << 20,
+    crl: Path | None = None,
 ) -> tuple[grpc.aio.Server, int]:
-    """A gRPC server bound to ``host:port``; ``tls`` = (ca, cert, key) PEMs for mTLS."""
+    """A gRPC server bound to ``host:port``; ``tls`` = (ca, cert, key) PEMs for mTLS, and
+    ``crl`` the CA's revocation list that device certificates are checked against."""
     options = [
         ("grpc.max_receive_message_length", max_message_bytes),
         ("grpc.max_send_message_length", max_message_bytes),
     ]
     server = grpc.aio.server(options=options)
-    servicer = Servicer(core, tls is not None)
+    revocations = RevocationList(crl, tls[0]) if tls is not None and crl is not None else None
+    servicer = Servicer(core, tls is not None, revocations)
     add_inference_servicer(servicer, server)
     address = f"{host}:{port}"
     try:

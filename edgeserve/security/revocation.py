@@ -32,6 +32,7 @@ from edgeserve.security.pki import CertPaths, EnrollmentError
 from edgeserve.wire.errors import InvalidInput
 
 _BACKDATE = dt.timedelta(minutes=5)
+_MAX_CACHED = 4096
 
 
 class RevocationListInvalid(InvalidInput):
@@ -126,9 +127,10 @@ class RevocationList:
     and is counted in ``load_failures``.
     """
 
-    def __init__(self, path: Path, ca_cert_path: Path) -> None:
+    def __init__(self, path: Path, ca_pem: bytes) -> None:
         self.path = path
-        self._ca = x509.load_pem_x509_certificate(ca_cert_path.read_bytes())
+        self._ca = x509.load_pem_x509_certificate(ca_pem)
+        self._serial_of: dict[bytes, int] = {}
         self._lock = threading.Lock()
         self._stamp: tuple[int, int] | None = None
         self._serials: frozenset[int] = frozenset()
@@ -138,6 +140,16 @@ class RevocationList:
     def is_revoked(self, serial: int) -> bool:
         self.refresh()
         return serial in self._serials
+
+    def is_revoked_pem(self, pem: bytes) -> bool:
+        """``is_revoked`` for a peer certificate as TLS stacks hand it over (PEM)."""
+        serial = self._serial_of.get(pem)
+        if serial is None:
+            serial = load_certificate(pem).serial_number
+            if len(self._serial_of) >= _MAX_CACHED:  # a fleet, not an attacker, fills it
+                self._serial_of.clear()
+            self._serial_of[pem] = serial
+        return self.is_revoked(serial)
 
     def refresh(self) -> None:
         try:
