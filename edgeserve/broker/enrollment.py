@@ -16,6 +16,7 @@ device reloads any broker started from this setup.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import os
@@ -25,6 +26,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
+
+from cryptography import x509
 
 from edgeserve.broker import passwords
 from edgeserve.broker.acl import SERVICE_USER, render_acl
@@ -220,6 +223,16 @@ class BrokerSetup:
         users.pop(device_id, None)
         passwords.write_password_file(self.password_file, users)
         self.reload_brokers()
+
+    def certificate_serials(self, device_id: str) -> list[int]:
+        """Serials of the certificates this folder holds for ``device_id`` (enrolled or
+        issued by ``add_device``)."""
+        self._check_username(device_id)
+        found = []
+        for path in (self.enrolled_dir / f"{device_id}.pem", self._certs_dir / f"{device_id}.pem"):
+            with contextlib.suppress(FileNotFoundError, ValueError):
+                found.append(x509.load_pem_x509_certificate(path.read_bytes()).serial_number)
+        return found
 
     def revoked_serials(self) -> set[int]:
         return {serial for serial, _ in crl_entries(self.crl_file)}

@@ -136,6 +136,35 @@ class TelemetryAck(_Message):
     )
 
 
+# A P-256 certificate or request in PEM is under 1 KiB; anything far larger is not one.
+MAX_PEM_CHARS = 8192
+CertReplyStatus = Literal["issued", "pending", "refused"]
+
+
+class CertRequest(_Message):
+    """A device's certificate report: the certificate it connects with, and a request
+    (CSR, made on the device for the key it already holds) when it wants a new one."""
+
+    schema_id: Literal["edgeserve.cert-request/1"] = Field(
+        "edgeserve.cert-request/1", alias="schema"
+    )
+    device_id: str
+    certificate: str = Field(max_length=MAX_PEM_CHARS)
+    csr: str | None = Field(None, max_length=MAX_PEM_CHARS)
+    ts: Seconds = 0.0
+
+
+class CertReply(_Message):
+    """The fleet's answer to a request: the new certificate, or pending approval, or
+    refused with the reason."""
+
+    schema_id: Literal["edgeserve.cert-reply/1"] = Field("edgeserve.cert-reply/1", alias="schema")
+    device_id: str
+    status: CertReplyStatus
+    certificate: str = Field("", max_length=MAX_PEM_CHARS)
+    reason: str = ""
+
+
 M = TypeVar("M", bound=BaseModel)
 
 
