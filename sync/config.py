@@ -57,6 +57,17 @@ class SyncConfig(ServiceSettings):
     bulk_min_bytes: int = Field(
         4 << 20, ge=0, description="payloads this large or larger are also offered over HTTP"
     )
+    # -- device certificates (sync/certs.py) ----------------------------------------------
+    certs_broker_dir: Path | None = Field(
+        None,
+        description="broker setup folder whose fleet CA signs renewals and whose CRL and "
+        "password file revocations change; None = renewals refused",
+    )
+    cert_approval: Literal["auto", "operator"] = Field(
+        "auto", description="auto = sign for a device in good standing; operator = wait"
+    )
+    cert_validity_s: float = Field(365 * 86400.0, gt=0, description="renewed certificates live")
+    cert_warn_s: float = Field(30 * 86400.0, ge=0, description="expiring-soon metric window")
     # -- rollout defaults (the CLI and API may override each) ------------------------------
     rollout_stages: list[float] = Field(default_factory=lambda: [0.5, 1.0])
     rollout_soak_s: float = Field(0.0, ge=0)

@@ -15,14 +15,17 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from typing import TypeVar
+from dataclasses import asdict
+from typing import Any, TypeVar
 
 from edgeserve.security.signing import ensure_operator_key
-from edgeserve.wire.errors import UpdateRefused
+from edgeserve.wire.errors import Unavailable, UpdateRefused
 from edgeserve.wire.model_card import ModelCard
 from sync.artifacts import ArtifactStore
 from sync.builds import PayloadBuilds
 from sync.bulk import bulk_publisher
+from sync.cert_store import CertStatus
+from sync.certs import FleetCertificates, check_device, fleet_certificates
 from sync.config import SyncConfig
 from sync.handlers import HandlerContext, dispatch, issue_assignments, issue_built
 from sync.ingest import fleet_summary
@@ -60,8 +63,15 @@ class SyncCore:
             bulk=bulk_publisher(config.bulk_dir, config.bulk_base_url, config.bulk_min_bytes),
         )
         self.controller = RolloutController(self.registry)
+        self.certs = fleet_certificates(config, metrics.registry)
         self.ctx = HandlerContext(
-            self.registry, self.store, issuer, self.controller, metrics, config.request_window
+            self.registry,
+            self.store,
+            issuer,
+            self.controller,
+            metrics,
+            config.request_window,
+            self.certs,
         )
         self.metrics = metrics
         self._publish = publish
@@ -82,6 +92,8 @@ class SyncCore:
         self._send(issue_built(self.ctx))  # payloads built meanwhile
         self.metrics.set_rollout_states(Counter(row.state for row in self.registry.rollouts()))
         self.metrics.devices_online.set(self.registry.count_online())
+        if self.certs is not None:
+            self.certs.refresh_metrics()
         now = time.monotonic()
         if now - self._last_refresh >= REFRESH_EVERY_S:
             self._last_refresh = now
@@ -127,6 +139,39 @@ class SyncCore:
     def devices(self, group: str | None = None) -> list[DeviceRow]:
         return self.registry.devices(group)
 
+    def device_views(self, group: str | None = None) -> list[dict[str, Any]]:
+        """``devices`` with each one's certificate: expiry, serial, revoked (for the CLI)."""
+        rows = self.registry.devices(group)
+        certs = {} if self.certs is None else {c.device_id: c for c in self.certs.statuses()}
+        views = []
+        for row in rows:
+            cert = certs.get(row.device_id)
+            views.append(
+                asdict(row)
+                | {
+                    "cert_not_after": cert.not_after if cert and cert.not_after else None,
+                    "cert_serial": cert.serial if cert else None,
+                    "cert_revoked": bool(cert and cert.revoked_at),
+                }
+            )
+        return views
+
+    def cert_statuses(self) -> list[CertStatus]:
+        return self._certs().statuses()
+
+    def approve_cert(self, device_id: str) -> CertStatus:
+        status, messages = self._certs().approve(check_device(device_id))
+        self._send(messages)
+        return status
+
+    def revoke_device(self, device_id: str, reason: str) -> CertStatus:
+        return self._certs().revoke(check_device(device_id), reason)
+
+    def _certs(self) -> FleetCertificates:
+        if self.certs is None:
+            raise Unavailable("this sync service knows no fleet CA (certs_broker_dir)")
+        return self.certs
+
     def versions(self, model: str | None = None) -> list[VersionRow]:
         return self.registry.versions(model)
 
@@ -136,6 +181,8 @@ class SyncCore:
     def close(self) -> None:
         self.ctx.issuer.close()
         self.registry.close()
+        if self.certs is not None:
+            self.certs.close()
 
     def _send(self, messages: Iterable[Outgoing]) -> None:
         for message in messages:

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from edgeserve.wire import topics
 from edgeserve.wire.errors import EdgeServeError
 from edgeserve.wire.sync_messages import (
+    CertRequest,
     ChunkRequest,
     DeviceStatus,
     ReportedState,
@@ -29,6 +30,7 @@ from edgeserve.wire.sync_messages import (
 from edgeserve.wire.telemetry import decode_batch
 from sync.artifacts import ArtifactStore
 from sync.builds import BuildPending
+from sync.certs import FleetCertificates
 from sync.ingest import ingest_batch
 from sync.metrics import SyncMetrics
 from sync.registry import Registry
@@ -56,6 +58,7 @@ class HandlerContext:
     controller: RolloutController
     metrics: SyncMetrics
     request_window: int = 256
+    certs: FleetCertificates | None = None
 
 
 Handler = Callable[[HandlerContext, topics.DeviceTopic, bytes], list[Outgoing]]
@@ -227,6 +230,17 @@ def on_telemetry(ctx: HandlerContext, topic: topics.DeviceTopic, payload: bytes)
     return [Outgoing(topics.telemetry_ack(topic.device_id), ack.to_bytes())]
 
 
+@_guarded("cert_request")
+def on_cert_request(
+    ctx: HandlerContext, topic: topics.DeviceTopic, payload: bytes
+) -> list[Outgoing]:
+    request = decode(CertRequest, payload)
+    _same_device(topic, request.device_id)
+    if ctx.certs is None:
+        raise Rejected("no_ca", "this sync service has no fleet CA configured")
+    return ctx.certs.on_request(request)
+
+
 @_guarded("unexpected")
 def on_unexpected(ctx: HandlerContext, topic: topics.DeviceTopic, payload: bytes) -> list[Outgoing]:
     raise Rejected("unexpected_topic", f"devices do not publish on {topic.kind} topics")
@@ -238,6 +252,7 @@ HANDLERS: dict[str, Handler] = {
     "update_request": on_update_request,
     "update_result": on_update_result,
     "telemetry": on_telemetry,
+    "cert_request": on_cert_request,
 }
 
 
