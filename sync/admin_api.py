@@ -12,7 +12,12 @@ Routes (all JSON; every ``/v1`` route except health needs ``Authorization: Beare
     GET  /v1/rollouts                            every rollout
     GET  /v1/rollouts/{id}                       one rollout with its devices
     POST /v1/rollouts/{id}/rollback              roll it back (``{"reason": "..."}``)
-    GET  /v1/devices[?group=G]                   the fleet as devices report it
+    GET  /v1/devices[?group=G]                   the fleet as devices report it, with
+                                                 each one's certificate expiry
+    POST /v1/devices/{device}/revoke             revoke it (``{"reason": "..."}``): CRL,
+                                                 broker password removed, broker reloaded
+    GET  /v1/certs                               device certificates and pending requests
+    POST /v1/certs/{device}/approve              sign a device's pending renewal
     GET  /v1/telemetry/summary[?model=M]         per-version request statistics
 
 The token is generated on first start: its sha256 is kept in the state directory and the
@@ -115,6 +120,10 @@ class RolloutRequest(BaseModel):
 
 class RollbackRequest(BaseModel):
     reason: str = "manual rollback"
+
+
+class RevokeRequest(BaseModel):
+    reason: str = Field("revoked by the operator", max_length=500)
 
 
 def _default(value: V | None, fallback: V) -> V:
@@ -288,7 +297,28 @@ async def rollback_rollout(
 
 @router.get("/devices")
 async def list_devices(state: State, group: str | None = None) -> Response:
-    return _json(await state.core.call(lambda core: core.devices(group)))
+    return _json(await state.core.call(lambda core: core.device_views(group)))
+
+
+@router.post("/devices/{device_id}/revoke")
+async def revoke_device(
+    device_id: str, state: State, body: RevokeRequest | None = None
+) -> Response:
+    reason = (body or RevokeRequest()).reason
+    status = await state.core.call(lambda core: core.revoke_device(device_id, reason))
+    return _json(status.as_dict())
+
+
+@router.get("/certs")
+async def list_certs(state: State) -> Response:
+    statuses = await state.core.call(lambda core: core.cert_statuses())
+    return _json([status.as_dict() for status in statuses])
+
+
+@router.post("/certs/{device_id}/approve")
+async def approve_cert(device_id: str, state: State) -> Response:
+    status = await state.core.call(lambda core: core.approve_cert(device_id))
+    return _json(status.as_dict())
 
 
 @router.get("/telemetry/summary")

@@ -120,6 +120,15 @@ class AdminClient:
     def devices(self, group: str | None = None) -> Any:
         return self._request("GET", "/v1/devices", params=_params(group=group))
 
+    def revoke(self, device_id: str, reason: str) -> Any:
+        return self._request("POST", f"/v1/devices/{device_id}/revoke", json={"reason": reason})
+
+    def certs(self) -> Any:
+        return self._request("GET", "/v1/certs")
+
+    def approve_cert(self, device_id: str) -> Any:
+        return self._request("POST", f"/v1/certs/{device_id}/approve")
+
     def telemetry(self, model: str | None = None) -> Any:
         return self._request("GET", "/v1/telemetry/summary", params=_params(model=model))
 
