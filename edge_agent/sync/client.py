@@ -6,8 +6,9 @@ of a crash or power cut from the broker. On every connect it announces itself (r
 online status and ``ReportedState``), asks again for the chunks its unfinished downloads
 lack, and resends unacknowledged telemetry — a reconnect after a broker restart needs
 nothing else. A single consumer task hands each message to ``handlers``; a one-second
-tick re-requests chunks that stopped arriving. The agent serves requests whether or not
-any of this is connected.
+tick re-requests chunks that stopped arriving and asks for a renewed certificate when
+one is due (``renewal``). The agent serves requests whether or not any of this is
+connected.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from edge_agent.sync import bulk, handlers
 from edge_agent.sync.handlers import SyncContext
+from edge_agent.sync.renewal import CertRenewal, renewal_for
 from edge_agent.sync.telemetry import TelemetryUploader
 from edgeserve.mqtt import BrokerAddress, Message, MqttLink, Will
 from edgeserve.wire import topics
@@ -79,6 +81,10 @@ class SyncClient:
             will=Will(topics.status(device), offline.to_bytes(), retain=True),
             on_connect=self._on_connect,
         )
+        self.renewal: CertRenewal | None = renewal_for(
+            address, device, context.metrics, self.link.reload_client_certificate
+        )
+        self._cert_topic = topics.cert_issued(device)
         self._tasks: list[asyncio.Task[None]] = []
         self._background: set[asyncio.Task[None]] = set()
 
@@ -128,7 +134,10 @@ class SyncClient:
     async def _consume(self) -> None:
         while True:
             message = await self.link.messages.get()
-            await handlers.handle(self.context, message)
+            if self.renewal is not None and message.topic == self._cert_topic:
+                self.renewal.on_reply(message.payload, self._publish)
+            else:
+                await handlers.handle(self.context, message)
 
     async def _tick(self) -> None:
         while True:
@@ -139,6 +148,11 @@ class SyncClient:
                 await handlers.resend_stalled(self.context)
             except Exception:
                 log.exception("re-requesting stalled downloads failed")
+            try:
+                if self.renewal is not None:
+                    self.renewal.tick(self._publish)
+            except Exception:  # e.g. the certificate file unreadable: try again next tick
+                log.exception("certificate renewal check failed")
 
     def _on_connect(self) -> None:
         # Called on the loop by MqttLink after every successful (re)connect.
@@ -155,5 +169,7 @@ class SyncClient:
             await handlers.resume_pending(ctx)
             if self.uploader is not None:
                 self.uploader.on_reconnect()
+            if self.renewal is not None:
+                self.renewal.on_connect(self._publish)
         except Exception:
             log.exception("announcing to the fleet failed")
