@@ -147,6 +147,29 @@ def test_a_shadow_never_answers_and_a_broken_one_is_stopped_by_the_test(gateway,
     )
 
 
+def test_a_shadow_compares_every_row_of_large_requests(gateway, digits):
+    x, _ = digits
+    # Version 2 (the edge MLP) mostly agrees with the control: it is not stopped.
+    arms = (Arm("1", "split", 1), Arm("2", "shadow"))
+    create(gateway, ExperimentSpec("rows", MODEL, arms, settings=Settings(min_agreement=0.5)))
+    with client(gateway) as http:
+        wait_for_experiment(http, x[:1], "rows")
+        before = totals(gateway, "rows").get("2")
+        sent = 0
+        for i in range(12):  # 40 rows each: stacked copies pass max_batch_size (64)
+            assert http.post(INFER, json=body(x[i * 40 : i * 40 + 40])).status_code == 200
+            sent += 40
+
+    def compared() -> int:
+        shadow = totals(gateway, "rows").get("2")
+        return shadow.compared - (before.compared if before else 0) if shadow else 0
+
+    wait_until(lambda: compared() >= sent, 10, "every mirrored row to be compared")
+    shadow = totals(gateway, "rows")["2"]
+    assert shadow.errors == 0
+    assert shadow.agreed / shadow.compared > 0.9
+
+
 def test_labels_sent_back_score_each_arms_accuracy(gateway, digits):
     x, y = digits
     arms = (Arm("1", "split", 1), Arm("2", "split", 1))
