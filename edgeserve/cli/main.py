@@ -125,6 +125,25 @@ def eval_cascade(
     run_cascade_eval(out, budget_ms)
 
 
+@eval_app.command("learning-loop")
+def eval_learning_loop(
+    out: Annotated[Path, typer.Option(help="folder for the JSON")] = Path(
+        "docs/eval/learning_loop"
+    ),
+    epochs: Annotated[int, typer.Option(help="distillation epochs")] = 12,
+    margin_agreement: Annotated[
+        float, typer.Option(help="how much lower agreement still counts as not worse")
+    ] = 0.10,
+) -> None:
+    """One turn of the learning loop on a real fleet: hard examples, distillation, gated
+    rollouts of the new version and of a deliberately worse one."""
+    from edgeserve.cli.eval_learning import eval_learning_loop as run
+    from edgeserve.eval.learning_loop import LoopSettings
+
+    settings = LoopSettings(epochs=epochs, margin_agreement=margin_agreement)
+    raise typer.Exit(run(out, settings))
+
+
 @eval_app.command("rate-hold")
 def eval_rate_hold(
     out: Annotated[Path, typer.Option(help="folder for the JSON")] = Path("docs/eval/rate_hold"),
