@@ -51,6 +51,10 @@ class LoopFleet:
         codes["gateway"] = self.gateway.stop()
         return codes
 
+    def online(self) -> int:
+        with self.stack.admin() as admin:
+            return sum(1 for device in admin.devices() if device["online"])
+
     def registry(self) -> Registry:
         """A reader's own connection to the sync service's registry (SQLite WAL)."""
         return Registry(self.stack.sync_state / "registry.db")
@@ -89,7 +93,14 @@ def start_loop_fleet(workdir: Path, broker_kind: BrokerKind = "auto") -> LoopFle
         stack.stop()
         gateway.stop()
         raise
-    return LoopFleet(stack, gateway)
+    fleet = LoopFleet(stack, gateway)
+    try:
+        # A rollout targets the devices the registry knows: all of them must have reported.
+        wait_until(lambda: fleet.online() == len(SERVING) + 1, 60, "five agents online")
+    except BaseException:
+        fleet.stop()
+        raise
+    return fleet
 
 
 def collect_hard_examples(fleet: LoopFleet, stream: FloatArray, timeout: float = 60.0) -> int:
