@@ -53,12 +53,6 @@ class LiveExperiment:
         self.spec = spec
         self.name = spec.name
         self.model = spec.model
-        # Read on every request: looked up once here, not through the spec each time.
-        self.control = spec.control
-        self.shadow = spec.shadow
-        self.shadow_fraction = spec.settings.shadow_fraction if self.shadow else 0.0
-        self.feedback = spec.settings.feedback
-        self._edges = spec.edges()
         self._run_shadow = run_shadow
         # Ids for answers that came without one: a random prefix per process and a
         # counter, unique across workers and restarts without a syscall per request
@@ -70,9 +64,23 @@ class LiveExperiment:
         self._predictions: list[Prediction] = []
         self._queue: asyncio.Queue[Mirrored] = asyncio.Queue(spec.settings.shadow_queue)
         self._task: asyncio.Task[None] | None = None
-        shadow = spec.shadow
-        if shadow is not None:
-            self._task = asyncio.get_running_loop().create_task(self._shadow_loop(shadow))
+        self.update(spec)
+
+    def update(self, spec: ExperimentSpec) -> None:
+        """Take a changed spec (an arm stopped, say) in place: requests in flight still
+        hold this object, and their counts must land where the next flush takes them."""
+        self.spec = spec
+        # Read on every request: looked up once here, not through the spec each time.
+        self.control = spec.control
+        self.shadow = spec.shadow
+        self.shadow_fraction = spec.settings.shadow_fraction if self.shadow else 0.0
+        self.feedback = spec.settings.feedback
+        self._edges = spec.edges()
+        if self.shadow is not None and self._task is None:
+            self._task = asyncio.get_running_loop().create_task(self._shadow_loop(self.shadow))
+        elif self.shadow is None and self._task is not None:
+            self._task.cancel()  # a stopped shadow: what is queued is not run
+            self._task = None
 
     # -- the request path -----------------------------------------------------------------
 
@@ -93,7 +101,8 @@ class LiveExperiment:
     def mirrors(self, arm: Arm) -> bool:
         """Whether this answer is copied to the shadow (control answers, by fraction)."""
         share = self.shadow_fraction
-        return arm is self.control and share > 0.0 and (share >= 1.0 or random.random() < share)
+        control = arm.version == self.control.version and arm.role == "split"
+        return control and share > 0.0 and (share >= 1.0 or random.random() < share)
 
     def request_id(self) -> str:
         return f"{self._id_prefix}-{next(self._ids)}"

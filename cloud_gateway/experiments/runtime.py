@@ -58,6 +58,7 @@ class Experiments:
         self.metrics = metrics
         self.interval_s = interval_s
         self.active: dict[str, LiveExperiment] = {}
+        self._retired: list[LiveExperiment] = []
         self._store: ExperimentStore | None = None
         self._run_shadow: ShadowRun | None = None
         self._task: asyncio.Task[None] | None = None
@@ -79,9 +80,10 @@ class Experiments:
             with contextlib.suppress(EdgeServeError):
                 await self.tick()  # the last counts
             self._store.close()
-        for live in self.active.values():
+        for live in [*self.active.values(), *self._retired]:
             await live.close()
         self.active.clear()
+        self._retired = []
 
     async def tick(self) -> None:
         """Flush, settle labels, decide, and pick up changes: one round trip to SQLite."""
@@ -128,14 +130,15 @@ class Experiments:
     def _take(self) -> Flush:
         tallies: dict[tuple[str, str], Tally] = {}
         predictions: list[Prediction] = []
-        for live in self.active.values():
+        for live in [*self.active.values(), *self._retired]:
             own, recorded = live.take()
-            tallies.update({(live.name, version): t for version, t in own.items()})
+            for version, tally in own.items():
+                tallies.setdefault((live.name, version), Tally()).add(tally)
             predictions += recorded
         return Flush(tallies, predictions)
 
     def _give_back(self, flush: Flush) -> None:
-        for live in self.active.values():
+        for live in [*self.active.values(), *self._retired]:
             own = {v: t for (name, v), t in flush.tallies.items() if name == live.name}
             live.give_back(own, [p for p in flush.predictions if p.experiment == live.name])
 
@@ -152,13 +155,17 @@ class Experiments:
         return store.running()
 
     def _apply(self, running: list[Experiment]) -> None:
-        """Replace the active map by the running experiments, keeping unchanged ones."""
+        """Make the active map the running experiments. One that changed (an arm
+        stopped) is updated in place; one that stopped is retired: requests still in flight
+        hold it, so its counts are taken once more at the next tick, then it is dropped."""
         assert self._run_shadow is not None
         fresh: dict[str, LiveExperiment] = {}
         for experiment in running:
             spec = experiment.spec
             current = self.active.get(spec.model)
-            if current is not None and current.spec == spec:
+            if current is not None and current.name == spec.name:
+                if current.spec != spec:
+                    current.update(spec)
                 fresh[spec.model] = current
             else:
                 fresh[spec.model] = LiveExperiment(spec, self._run_shadow)
@@ -167,12 +174,9 @@ class Experiments:
         # In place: the core holds this very dict.
         self.active.clear()
         self.active.update(fresh)
-        for live in gone:
-            # Counts taken since the tick's flush are small; the new copy carries on.
-            leftover, recorded = live.take()
-            if live.model in fresh and live.name == fresh[live.model].name:
-                fresh[live.model].give_back(leftover, recorded)
+        for live in self._retired:
             asyncio.get_running_loop().create_task(live.close())
+        self._retired = gone
 
     def _count(self, flush: Flush) -> None:
         metrics = self.metrics
