@@ -150,6 +150,9 @@ class SyncCore:
                 asdict(row)
                 | {
                     "cert_not_after": cert.not_after if cert and cert.not_after else None,
+                    "cert_days_left": _days_left(cert.not_after)
+                    if cert and cert.not_after
+                    else None,
                     "cert_serial": cert.serial if cert else None,
                     "cert_revoked": bool(cert and cert.revoked_at),
                 }
@@ -187,6 +190,10 @@ class SyncCore:
     def _send(self, messages: Iterable[Outgoing]) -> None:
         for message in messages:
             self._publish(message)
+
+
+def _days_left(not_after: float) -> float:
+    return round((not_after - time.time()) / 86400, 3)
 
 
 class CoreThread:

@@ -57,7 +57,7 @@ def rollout_devices_table(view: dict[str, Any]) -> Table:
 
 
 def devices_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table("device", "group", "online", "last seen", "running", "agent")
+    table = Table("device", "group", "online", "last seen", "running", "agent", "cert expires")
     for row in rows:
         running = ", ".join(f"{name}={m['version']}" for name, m in sorted(row["running"].items()))
         table.add_row(
@@ -67,6 +67,22 @@ def devices_table(rows: list[dict[str, Any]]) -> Table:
             ago(row["last_seen"]),
             running or "-",
             row["agent_version"] or "-",
+            "[red]revoked[/red]"
+            if row.get("cert_revoked")
+            else expires_in(row.get("cert_not_after")),
+        )
+    return table
+
+
+def certs_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table("device", "serial", "expires", "renewal", "revoked")
+    for row in rows:
+        table.add_row(
+            row["device_id"],
+            row["serial"][:16] or "-",
+            expires_in(row["not_after"] or None),
+            "[yellow]waiting for approval[/yellow]" if row["pending_since"] else "-",
+            "[red]yes[/red]" if row["revoked_at"] else "no",
         )
     return table
 
@@ -112,6 +128,18 @@ def state(state: str) -> str:
         "rolled_back": "yellow",
     }.get(state, "white")
     return f"[{colour}]{state}[/{colour}]"
+
+
+def expires_in(not_after: float | None, now: float | None = None) -> str:
+    """Days to a certificate's expiry (red within a week), or "expired"."""
+    if not not_after:
+        return "-"
+    seconds = not_after - (time.time() if now is None else now)
+    if seconds <= 0:
+        return "[red]expired[/red]"
+    days = seconds / 86400
+    text = f"{days:.0f} days" if days >= 2 else f"{seconds / 3600:.1f} h"
+    return f"[red]{text}[/red]" if days < 7 else text
 
 
 def ago(ts: float) -> str:
