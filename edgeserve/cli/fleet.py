@@ -303,3 +303,8 @@ def _emit(data: Any, as_json: bool, table: Callable[[], Table]) -> None:
         sys.stdout.write(json.dumps(data, indent=2, sort_keys=True) + "\n")
     else:
         console.print(table())
+
+
+from edgeserve.cli.fleet_certs import register as _register_certs  # noqa: E402 (needs _call)
+
+_register_certs(fleet_app)
