@@ -63,6 +63,7 @@ class LoopReport:
     figures: LoopFigures
     good: RolloutOutcome
     bad: RolloutOutcome
+    exit_codes: dict[str, int]  # of the fleet's processes, stopped with SIGTERM
 
     def goals(self) -> dict[str, bool]:
         served, new = self.figures.served, self.figures.others["distilled"]
@@ -87,6 +88,7 @@ class LoopReport:
             "figures": self.figures.as_dict(),
             "good_rollout": asdict(self.good),
             "bad_rollout": asdict(self.bad),
+            "exit_codes": self.exit_codes,
             "goals": self.goals(),
         }
 
@@ -130,7 +132,7 @@ def run_loop(workdir: Path, settings: LoopSettings, say: Say = lambda _: None) -
         say("pushing v3 (trained on shuffled labels) the same way")
         bad_rollout = gated_rollout(fleet, bad.artifact, bad.card, live, timeout, **gate)
     finally:
-        fleet.stop()
+        codes = fleet.stop()
     return LoopReport(
         hard_examples=len(hard),
         collect_s=round(collect_s, 2),
@@ -138,4 +140,5 @@ def run_loop(workdir: Path, settings: LoopSettings, say: Say = lambda _: None) -
         figures=figures,
         good=good_rollout,
         bad=bad_rollout,
+        exit_codes=codes,
     )
