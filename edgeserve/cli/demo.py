@@ -11,8 +11,10 @@ still arriving within its budget (degraded), the breaker opening and closing aga
 when the gateway returns, and a clean SIGTERM shutdown of both. Then a fleet over MQTT
 (``demo_fleet``): a broker, the sync service and four enrolled agents come online, their
 telemetry is counted centrally, a fine-tuned v2 rolls out as signed deltas stage by
-stage, and garbage, a forged manifest and a cross-device publish are refused. Last a
+stage, and garbage, a forged manifest and a cross-device publish are refused. Then a
 fault drill (``demo_faults``): the broker and an agent killed, nothing lost or corrupted.
+Last one turn of the learning loop (``demo_learning``): hard examples of a shifted
+stream, a distilled v2 promoted by the sequential gate, a worse v3 halted at the canary.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from edgeserve.artifacts import packaged_artifacts
 from edgeserve.cli.demo_cascade import show_cascade
 from edgeserve.cli.demo_cloud import show_cloud
 from edgeserve.cli.demo_fleet import show_fleet
+from edgeserve.cli.demo_learning import show_learning
 from edgeserve.client import OipError, OipHttpClient
 from edgeserve.eval.stack import start_cascade
 from edgeserve.processes import free_port
@@ -78,7 +81,10 @@ def run_demo(requests: int) -> int:
         console.print(f"stopped on SIGTERM, exit codes: {codes}")
         fleet = show_fleet(console, workdir)
         console.print(f"fleet stopped on SIGTERM, exit codes: {fleet}")
-        return 0 if not any(codes.values()) and not any(fleet.values()) else 1
+        loop = show_learning(console, workdir)
+        console.print(f"learning-loop fleet stopped on SIGTERM, exit codes: {loop}")
+        failed = any(codes.values()) or any(fleet.values()) or any(loop.values())
+        return 1 if failed else 0
 
 
 def _local_answers(
