@@ -120,7 +120,7 @@ def show_experiment(out: Console, experiment: Experiment, totals: dict[str, Tall
             _rate(tally.accuracy),
         )
     out.print(arms)
-    versus = Table("arm", "metric", "difference", "always-valid 95%", "verdict", "state",
+    versus = Table("arm", "metric", "+ is better", "always-valid 95%", "verdict", "state",
                    title="candidates against the control")  # fmt: skip
     for arm in spec.arms[1:]:
         for metric, comparison in _comparisons(spec, arm, totals):
@@ -162,7 +162,7 @@ def _comparisons(
 ) -> list[tuple[str, Comparison]]:
     found = verdicts(spec, arm, totals)
     named = [
-        ("errors (lower)", found.errors),
+        ("error rate", found.errors),
         ("accuracy", found.accuracy),
         (f"agreement vs {spec.settings.min_agreement:.0%}", found.agreement),
     ]
