@@ -7,7 +7,8 @@ sets of files to copy out of it: ``broker-host/`` (what Mosquitto reads from
 ``/etc/mosquitto/edgeserve`` plus its ``conf.d`` entry) and ``sync-host/`` (the sync
 service's certificate, key, password and a ``sync.toml`` naming them). Later the same
 folder enrolls devices (``edgeserve fleet enroll --broker-dir``), which changes only
-``passwd``: the one file to copy to the broker host again before reloading it.
+``passwd``: the one file to copy to the broker host again before reloading it. A
+revocation (``edgeserve fleet revoke``) changes ``passwd`` and ``crl.pem``.
 """
 
 from __future__ import annotations
@@ -50,7 +51,8 @@ def init_fleet_broker(
     setup = BrokerSetup.create(directory, pki, port, [], [SERVICE_USER], host=hostnames[0])
     broker_host = directory / "broker-host"
     broker_host.mkdir(mode=0o700, exist_ok=True)
-    for source in (pki.ca.cert, pki.server.cert):
+    # crl.pem too: the broker's crlfile must exist, and fleet revoke rewrites it.
+    for source in (pki.ca.cert, pki.server.cert, setup.crl_file):
         shutil.copyfile(source, broker_host / source.name)
     write_private(broker_host / "server.key", pki.server.key.read_bytes())
     config = replace(production_config(broker_etc), port=port)
