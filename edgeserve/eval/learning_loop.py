@@ -35,7 +35,6 @@ from edgeserve.eval.learning_fleet import (
     start_loop_fleet,
 )
 from models.data import load_split, make_split
-from models.distill import DistillConfig, distill_edge_version
 from models.shift import shifted_stream
 from sync.ingest import hard_examples
 
@@ -94,6 +93,9 @@ class LoopReport:
 
 
 def run_loop(workdir: Path, settings: LoopSettings, say: Say = lambda _: None) -> LoopReport:
+    # torch only when the loop trains, not whenever the CLI or the demo is imported
+    from models.distill import DistillConfig, distill_edge_version
+
     source = packaged_artifacts()
     split = make_split(0)
     pool = np.concatenate([split.x_train, split.x_calibration])
