@@ -115,3 +115,22 @@ def test_the_cli_refuses_a_registry_without_hard_examples(tmp_path: Path):
     )
     assert outcome.exit_code == 1
     assert "no hard examples" in outcome.output
+
+
+def test_the_cli_distills_the_registry_hard_examples_into_a_pushable_version(
+    tmp_path: Path, stream_hard_examples: np.ndarray
+):
+    registry = Registry(tmp_path / "registry.db")
+    rows = [hard_example(i + 1, row.tolist()) for i, row in enumerate(stream_hard_examples)]
+    upload(registry, "dev-a", rows)
+    registry.close()
+    out = tmp_path / "distilled"
+    arguments = ["--registry", str(tmp_path / "registry.db"), "--out", str(out)]
+    arguments += ["--version", "2", "--keep-bank", "--epochs", "4"]
+    outcome = CliRunner().invoke(app, ["models", "distill", *arguments])
+    assert outcome.exit_code == 0, outcome.output
+    card = ModelCard.load(out / "digits-edge.card.json")
+    assert (card.version, card.source["hard_examples"]) == ("2", len(stream_hard_examples))
+    assert card.source["distill"]["epochs"] == 4
+    assert (out / card.file).is_file()
+    assert "--gate sequential" in " ".join(outcome.output.split())
