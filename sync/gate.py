@@ -35,6 +35,7 @@ from typing import Any, Literal
 
 from edgeserve.stats import Comparison, Guardrails, LatencyHistogram, Proportion, Verdict
 from edgeserve.stats import compare_proportions as compare
+from edgeserve.wire.errors import InvalidInput
 from sync.registry import Registry
 from sync.views import CohortCounts, RolloutDeviceRow, RolloutRow
 
@@ -52,6 +53,13 @@ class GateSettings:
     margin_escalation: float = 0.05
     margin_errors: float = 0.01
     max_error_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not (0 < self.alpha < 1 and self.tau > 0 and self.min_requests >= 1):
+            raise InvalidInput("gate_alpha in (0, 1), gate_tau > 0, gate_min_requests >= 1")
+        margins = (self.margin_agreement, self.margin_escalation, self.margin_errors)
+        if any(not 0 <= m < 1 for m in margins):
+            raise InvalidInput("gate margins are fractions in [0, 1)")
 
     def metrics(self) -> dict[str, tuple[bool, float]]:
         """Each rate: (higher is better, non-inferiority margin)."""

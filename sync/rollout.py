@@ -4,9 +4,11 @@ A rollout moves one model version through a group in stages: a canary (a device 
 or a fraction), then cumulative fractions of the group, ending at all of it. The stage
 plan is fixed and stored when the rollout starts, so a restarted service resumes it
 exactly. A stage is promoted when enough of its devices installed the version, its soak
-time passed and the version's error rate in telemetry stays under the threshold; the
-rollout halts by itself when update failures or the error rate cross their limits, and
-then every device it touched is sent back to the version it ran before.
+time passed and the version's error rate in telemetry stays under the threshold — or,
+under the sequential gate (``sync.gate``), when its cohort is not worse than the devices
+still on the old version; the rollout halts by itself when update failures, the error
+rate or the gate say so, and then every device it touched is sent back to the version it
+ran before.
 
 The controller is pure logic over the ``Registry`` with an injectable clock: it consumes
 update results and ticks, and returns ``Assign`` actions; turning those into signed
@@ -106,11 +108,7 @@ class RolloutSpec:
     def _check_gate(self) -> None:
         if self.gate not in GATES:
             raise InvalidInput(f"gate {self.gate!r}: one of {', '.join(GATES)}")
-        if not (0 < self.gate_alpha < 1 and self.gate_tau > 0 and self.gate_min_requests >= 1):
-            raise InvalidInput("gate_alpha in (0, 1), gate_tau > 0, gate_min_requests >= 1")
-        margins = (self.gate_margin_agreement, self.gate_margin_escalation)
-        if any(not 0 <= m < 1 for m in (*margins, self.gate_margin_errors)):
-            raise InvalidInput("gate margins are fractions in [0, 1)")
+        self.gate_settings()  # checks its own values
 
     def gate_settings(self) -> GateSettings:
         return GateSettings(

@@ -201,3 +201,8 @@ def test_a_registry_made_before_the_gate_column_gains_it(tmp_path: Path):
     registry = Registry(path)
     row = registry.rollout(1)
     assert row is not None and row.gate == {}
+
+
+def test_a_gate_margin_past_one_is_refused():
+    with pytest.raises(InvalidInput, match="gate margins"):
+        sequential(gate_margin_agreement=1.5)
