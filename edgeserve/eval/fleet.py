@@ -186,6 +186,7 @@ def start_sync(
         "broker_mqtt_version": "5" if mqtt5 else "4",
         "tick_interval_s": "0.2",
         "rollout_soak_s": "0",
+        "certs_broker_dir": str(setup.directory),  # renews the agents' certificates
     }
     process = sync_process(workdir, **(defaults | settings))
     process.start()
