@@ -94,7 +94,8 @@ def _online(console: Console, admin: AdminClient) -> None:
     def ready() -> list[dict[str, Any]] | None:
         rows: list[dict[str, Any]] = admin.devices()
         up = [r for r in rows if r["online"] and r["running"].get(MODEL, {}).get("version") == "1"]
-        return rows if len(up) == len(DEVICES) else None
+        reported = all(r["cert_days_left"] is not None for r in up)
+        return rows if len(up) == len(DEVICES) and reported else None
 
     waited = time.perf_counter()
     rows = wait_until(ready, 20, "all devices online running version 1")
@@ -113,6 +114,11 @@ def _online(console: Console, admin: AdminClient) -> None:
     console.print(
         f"all {len(DEVICES)} online running v1, as their status and reported state "
         f"said over MQTT ({_since(waited)} of waiting)"
+    )
+    soonest = min(float(r["cert_days_left"]) for r in rows)
+    console.print(
+        f"their certificates, reported over MQTT too: the soonest expires in {soonest:.0f} "
+        "days; each agent renews its own at two thirds of its lifetime (fleet certs)"
     )
 
 
