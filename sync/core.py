@@ -193,7 +193,8 @@ class SyncCore:
 
 
 def _days_left(not_after: float) -> float:
-    return round((not_after - time.time()) / 86400, 3)
+    # Tenths of a day: two reads a moment apart agree (cert_not_after has the exact time).
+    return round((not_after - time.time()) / 86400, 1)
 
 
 class CoreThread:

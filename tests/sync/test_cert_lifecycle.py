@@ -7,9 +7,12 @@ broker crash; a revoked device is cut off from the broker and the gateway at onc
 from __future__ import annotations
 
 import datetime as dt
+import json
 import os
 import shutil
 import ssl
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -252,3 +255,33 @@ def test_a_revoked_device_is_cut_off_from_the_broker_and_the_gateway(
         with pytest.raises(grpc.RpcError) as error:
             stub.ModelInfer(request, timeout=10)  # the same open connection, next call
         assert error.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def fleet_cli(fleet: Fleet, *args: str) -> subprocess.CompletedProcess[str]:
+    """``edgeserve fleet ARGS`` as an operator runs it, its output a pipe."""
+    url = f"http://127.0.0.1:{fleet.sync.ports['admin']}"
+    token = str(fleet.sync_state / "admin.token")
+    command = [sys.executable, "-m", "edgeserve", "fleet", "--url", url, "--token-file", token]
+    return subprocess.run(
+        [*command, *args], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def test_the_fleet_cli_shows_days_to_expiry_and_revokes_a_device(
+    start_fleet: StartFleet, start_agent: Callable[[Fleet], ServiceProcess]
+) -> None:
+    fleet = start_fleet(device_validity_s=10 * 86400)
+    start_agent(fleet)
+    with fleet.admin() as admin:
+        wait_until(lambda: admin.devices() and admin.devices()[0]["cert_not_after"], timeout=20)
+    listing = fleet_cli(fleet, "devices")
+    assert listing.returncode == 0, listing.stderr
+    (row,) = [line for line in listing.stdout.splitlines() if DEVICE in line]
+    assert "10 days" in row and "cert expires" in listing.stdout
+
+    revoked = fleet_cli(fleet, "revoke", DEVICE, "--yes", "--reason", "stolen")
+    assert revoked.returncode == 0, revoked.stderr
+    certs = json.loads(fleet_cli(fleet, "certs", "--json").stdout)
+    assert [c["device_id"] for c in certs if c["revoked_at"]] == [DEVICE]
+    (row,) = [line for line in fleet_cli(fleet, "devices").stdout.splitlines() if DEVICE in line]
+    assert "revoked" in row
