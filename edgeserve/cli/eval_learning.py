@@ -65,5 +65,6 @@ def _rollout_line(name: str, outcome: RolloutOutcome) -> str:
     canary = outcome.gate.get("0", {}).get("reason", "")
     return (
         f"{name}: [bold]{outcome.state}[/bold] after {outcome.seconds:.1f} s and"
-        f" {outcome.requests} requests ({stages}; {counts}); at the canary: {canary}"
+        f" {outcome.requests} requests, {outcome.failed} failed ({stages}; {counts});"
+        f" at the canary: {canary}"
     )

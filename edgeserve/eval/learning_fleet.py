@@ -66,6 +66,7 @@ class RolloutOutcome:
     reason: str
     seconds: float
     requests: int  # sent to the serving agents while it ran
+    failed: int  # of those, answered with an error
     counts: dict[str, int]
     stages: list[tuple[int, float]] = field(default_factory=list)  # (stage, seconds in)
     gate: dict[str, Any] = field(default_factory=dict)
@@ -140,7 +141,7 @@ def gated_rollout(
         if not stages or stages[-1][0] != view["stage"]:
             stages.append((view["stage"], round(time.monotonic() - started, 2)))
 
-    with _traffic(fleet.stack, stream) as sent:
+    with _traffic(fleet.stack, stream) as (sent, failed):
         rollout_id = fleet.stack.push(artifact, card, **STAGES, **gate)
         view = fleet.stack.wait_rollout(rollout_id, timeout, on_view)
     return RolloutOutcome(
@@ -148,6 +149,7 @@ def gated_rollout(
         reason=view["reason"],
         seconds=round(time.monotonic() - started, 2),
         requests=sum(sent),
+        failed=sum(failed),
         counts=view["counts"],
         stages=stages,
         gate=view.get("gate", {}),
@@ -155,9 +157,10 @@ def gated_rollout(
 
 
 @contextmanager
-def _traffic(stack: FleetStack, stream: FloatArray) -> Iterator[list[int]]:
+def _traffic(stack: FleetStack, stream: FloatArray) -> Iterator[tuple[list[int], list[int]]]:
     """One thread per serving agent, each cycling its share of ``stream`` one row per
-    request until the block ends; yields the per-agent request counts (filled at exit)."""
+    request until the block ends; yields the per-agent counts of requests sent and of
+    error answers (final at exit)."""
     stop = threading.Event()
     sent = [0] * len(SERVING)
     failed = [0] * len(SERVING)
@@ -179,7 +182,7 @@ def _traffic(stack: FleetStack, stream: FloatArray) -> Iterator[list[int]]:
     for thread in threads:
         thread.start()
     try:
-        yield sent
+        yield sent, failed
     finally:
         stop.set()
         for thread in threads:

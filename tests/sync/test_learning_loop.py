@@ -28,6 +28,7 @@ def test_the_sequential_gate_completes_the_distilled_rollout(report: LoopReport)
     assert report.good.counts["installed"] == 4
     assert [stage for stage, _ in report.good.stages] == [0, 1, 2]
     assert report.good.gate["0"]["action"] == "promote"
+    assert report.good.failed == 0  # no user saw an error while versions switched
 
 
 def test_the_sequential_gate_stops_the_worse_model_at_the_canary(report: LoopReport) -> None:
