@@ -70,7 +70,11 @@ class GrpcCloudTransport:
     """``ModelInfer`` calls to ``target`` ("host:port"), over mTLS when ``tls`` is given.
 
     The channel is opened on the first call, inside the running event loop, and kept
-    for the transport's life; grpc reconnects it by itself after a broken link.
+    while the certificate file stays the same; grpc reconnects it by itself after a
+    broken link. A renewed certificate (``edge_agent.sync.renewal`` rewrote the file)
+    opens a new channel for the next call, since a channel's credentials are fixed and
+    its reconnects after the old certificate expired would be refused; the old channel
+    finishes its calls and closes with the transport.
     """
 
     def __init__(
@@ -88,6 +92,8 @@ class GrpcCloudTransport:
         self._channel: Any = None
         self._stub: Any = None
         self._closed = False
+        self._cert_stamp: int | None = None
+        self._retired: list[Any] = []
 
     async def infer(self, request: InferRequest, timeout_s: float) -> InferResponse:
         message = oip_grpc.request_to_proto(request)
@@ -106,16 +112,22 @@ class GrpcCloudTransport:
     async def close(self) -> None:
         self._closed = True
         channel, self._channel, self._stub = self._channel, None, None
-        if channel is not None:
-            await channel.close(grace=None)
+        for old in [*self._retired, channel]:
+            if old is not None:
+                await old.close(grace=None)
+        self._retired.clear()
 
     def _connect(self) -> Any:
         if self._closed:
             raise InternalError("transport is closed")
+        if self._stub is not None and self._cert_renewed():
+            self._retired.append(self._channel)
+            self._channel = self._stub = None
         if self._stub is None:
             if self._tls is None:
                 self._channel = grpc.aio.insecure_channel(self.target, options=self._options)
             else:
+                self._cert_stamp = self._cert_mtime()
                 ca, cert, key = self._tls.read()
                 credentials = grpc.ssl_channel_credentials(
                     root_certificates=ca, private_key=key, certificate_chain=cert
@@ -125,6 +137,16 @@ class GrpcCloudTransport:
                 )
             self._stub = inference_stub(self._channel)
         return self._stub
+
+    def _cert_renewed(self) -> bool:
+        return self._tls is not None and self._cert_mtime() != self._cert_stamp
+
+    def _cert_mtime(self) -> int | None:
+        assert self._tls is not None
+        try:
+            return self._tls.cert.stat().st_mtime_ns
+        except OSError:
+            return self._cert_stamp  # unreadable now: keep the channel we have
 
 
 def _translate(exc: grpc.aio.AioRpcError) -> EdgeServeError:
