@@ -6,6 +6,7 @@ broker crash; a revoked device is cut off from the broker and the gateway at onc
 
 from __future__ import annotations
 
+import asyncio
 import datetime as dt
 import json
 import os
@@ -21,17 +22,25 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from cloud_gateway.tenancy import TenantStore
+from edge_agent.escalation.grpc_transport import GrpcCloudTransport
+from edge_agent.escalation.transport import TlsFiles
 from edgeserve.broker import BrokerFailed, BrokerSetup, MosquittoProcess, find_mosquitto, probe
 from edgeserve.client import OipHttpClient
+from edgeserve.durable import write_atomic
 from edgeserve.mqtt import BrokerAddress
 from edgeserve.polling import wait_until
 from edgeserve.processes import ServiceProcess, agent_process, free_port, sync_process
-from edgeserve.security.pki import ensure_dev_pki, issue_client_cert
-from edgeserve.security.revocation import CertFacts, cert_facts, load_certificate
+from edgeserve.security.pki import CertPaths, ensure_dev_pki, issue_client_cert, sign_device_csr
+from edgeserve.security.revocation import CertFacts, cert_facts, load_certificate, write_crl
 from edgeserve.security.signing import PUBLIC_NAME, ensure_operator_key
 from edgeserve.wire import oip_grpc
+from edgeserve.wire.errors import Unauthenticated
 from edgeserve.wire.proto import grpc_service_pb2_grpc as pb_grpc
 from edgeserve.wire.tensors import InferRequest, InferTensor
 from sync.admin_client import AdminClient
@@ -285,3 +294,46 @@ def test_the_fleet_cli_shows_days_to_expiry_and_revokes_a_device(
     assert [c["device_id"] for c in certs if c["revoked_at"]] == [DEVICE]
     (row,) = [line for line in fleet_cli(fleet, "devices").stdout.splitlines() if DEVICE in line]
     assert "revoked" in row
+
+
+def test_the_agents_gateway_channel_presents_a_renewed_certificate(
+    tmp_path: Path, start_gateway: StartGateway, digits: tuple[np.ndarray, np.ndarray]
+) -> None:
+    pki = ensure_dev_pki(tmp_path / "pki", devices=[])
+    pair = issue_client_cert(pki.ca, tmp_path / "device", DEVICE, dt.timedelta(hours=1))
+    crl = tmp_path / "crl.pem"
+    write_crl(pki.ca, [], crl)
+    gateway = start_gateway(
+        tenants={"fleet": {"kind": "device", "allowed_models": ["digits-cloud"]}},
+        tls_cert=str(pki.server.cert),
+        tls_key=str(pki.server.key),
+        client_ca=str(pki.ca.cert),
+        client_crl=str(crl),
+    )
+    store = TenantStore(gateway.state_dir / "tenants.db")
+    store.register_device(DEVICE, "fleet")
+    store.close()
+    target = f"localhost:{gateway.process.ports['grpc_mtls']}"
+    transport = GrpcCloudTransport(target, TlsFiles(pki.ca.cert, pair.cert, pair.key), None)
+    request = InferRequest("digits-cloud", [InferTensor.from_numpy("input", digits[0][:1])])
+    renewal = fleet_renewal_of(pair.key, pki.ca)  # what the sync service would sign
+
+    async def run() -> None:
+        await transport.infer(request, 10)
+        old = load_certificate(pair.cert.read_bytes()).serial_number
+        write_crl(pki.ca, [(old, dt.datetime.now(dt.UTC))], crl)  # only the old one is dead
+        with pytest.raises(Unauthenticated):
+            await transport.infer(request, 10)
+        write_atomic(pair.cert, renewal, 0o644)  # as the agent's renewal writes it
+        await transport.infer(request, 10)
+        await transport.close()
+
+    asyncio.run(run())
+
+
+def fleet_renewal_of(key_path: Path, ca: CertPaths) -> bytes:
+    key = serialization.load_pem_private_key(key_path.read_bytes(), password=None)
+    assert isinstance(key, ec.EllipticCurvePrivateKey)
+    subject = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, DEVICE)])
+    csr = x509.CertificateSigningRequestBuilder().subject_name(subject).sign(key, hashes.SHA256())
+    return sign_device_csr(ca, csr.public_bytes(serialization.Encoding.PEM), DEVICE)
