@@ -112,7 +112,12 @@ class Machines:
     def start_broker(self) -> None:
         config = self.rehome("/etc/mosquitto/conf.d/edgeserve.conf")
         self.start("broker", [str(find_mosquitto()), "-c", str(config)])
-        wait_until(lambda: "running" in self.log("broker"), 20, "mosquitto running")
+        wait_until(lambda: "running" in self.log_of_live("broker"), 20, "mosquitto running")
+
+    def log_of_live(self, name: str) -> str:
+        """The service's log so far; its whole log as the error if it has exited."""
+        assert self.services[name].poll() is None, self.log(name)
+        return self.log(name)
 
     def log(self, name: str) -> str:
         return (self.root / f"{name}.log").read_text(errors="replace")
@@ -180,8 +185,7 @@ def wait_for_service(machines: Machines, name: str) -> None:
     path = "/v1/health" if name == "sync-start" else "/v2/health/ready"
 
     def ready() -> bool:
-        process = machines.services[name]
-        assert process.poll() is None, machines.log(name)
+        machines.log_of_live(name)
         try:
             return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200
         except httpx.HTTPError:
