@@ -48,6 +48,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from edgeserve.durable import write_private
 from edgeserve.http_errors import route_errors
+from edgeserve.runtimes.onnx_files import ONE_FILE_FIX, MalformedOnnx, external_data_locations
 from edgeserve.wire.errors import (
     EdgeServeError,
     IntegrityError,
@@ -222,6 +223,8 @@ async def upload_version(model: str, version: str, request: Request, state: Stat
             f"uploaded bytes (sha256 {sha[:12]}, {size} B) do not match the card "
             f"(sha256 {card.sha256[:12]}, {card.size_bytes} B)"
         )
+    if card.format == "onnx":
+        await asyncio.to_thread(_refuse_external_data, state.store.artifact_path(sha), card)
     golden_inputs = await _ensure_self_test(state.store, card, sha)
     row = await state.core.call(lambda core: core.register_version(card, sha))
     body = {
@@ -233,6 +236,20 @@ async def upload_version(model: str, version: str, request: Request, state: Stat
         "golden_inputs": golden_inputs,
     }
     return _json(body, 201)
+
+
+def _refuse_external_data(artifact: Path, card: ModelCard) -> None:
+    """Agents serve one-file models only (the hash covers every weight): refuse here, with
+    the fix, rather than on every device after the download."""
+    try:
+        locations = external_data_locations(artifact)
+    except MalformedOnnx:
+        return  # not an ONNX protobuf: the self-test's own load error says more
+    if locations:
+        raise InvalidInput(
+            f"{card.file} keeps its weights in other files ({', '.join(locations)}) that "
+            "agents do not take; " + ONE_FILE_FIX.format(name=card.file)
+        )
 
 
 def _card_from_header(request: Request, model: str, version: str) -> ModelCard:

@@ -17,7 +17,7 @@ import pytest
 from edgeserve.artifacts import packaged_artifacts
 from edgeserve.broker import find_mosquitto
 from edgeserve.eval.fleet import FleetStack, start_fleet
-from edgeserve.wire.errors import UpdateRefused
+from edgeserve.wire.errors import InvalidInput, UpdateRefused
 from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard, file_sha256
 from sync.admin_client import card_for_upload
 
@@ -107,3 +107,24 @@ def test_the_admin_api_refuses_an_existing_version_before_reading_the_body(
     with stack.admin() as admin, pytest.raises(UpdateRefused, match="other bytes"):
         admin.upload(other, upload_card)
     assert not stored_artifact(stack, sha).exists()
+
+
+def test_an_onnx_model_with_external_data_is_refused_at_upload_with_the_fix(
+    stack: FleetStack, tmp_path: Path
+) -> None:
+    import onnx
+
+    artifact, card = packaged_v1()
+    split = tmp_path / "split.onnx"
+    onnx.save(onnx.load(str(artifact)), str(split), save_as_external_data=True,
+              location="split.onnx.data", size_threshold=0)  # fmt: skip
+    sha = file_sha256(split)
+    size = split.stat().st_size
+    upload_card = card.model_copy(
+        update={"version": "7", "file": split.name, "sha256": sha, "size_bytes": size}
+    )
+
+    with stack.admin() as admin, pytest.raises(InvalidInput, match=r"split\.onnx\.data.*one file"):
+        admin.upload(split, upload_card)
+    with stack.admin() as admin:
+        assert "7" not in [row["version"] for row in admin.versions(MODEL)]
