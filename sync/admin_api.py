@@ -299,6 +299,11 @@ async def list_rollouts(state: State) -> Response:
     return _json(await state.core.call(lambda core: core.rollouts()))
 
 
+@router.get("/builds")
+async def list_builds(state: State) -> Response:
+    return _json(await state.core.call(lambda core: core.builds()))
+
+
 @router.get("/rollouts/{rollout_id}")
 async def show_rollout(rollout_id: int, state: State) -> Response:
     return _json(await state.core.call(lambda core: core.rollout(rollout_id)))

@@ -105,6 +105,9 @@ class AdminClient:
     def versions(self, model: str | None = None) -> Any:
         return self._request("GET", "/v1/models", params=_params(model=model))
 
+    def builds(self) -> Any:
+        return self._request("GET", "/v1/builds")
+
     def start_rollout(self, request: dict[str, Any]) -> Any:
         return self._request("POST", "/v1/rollouts", json=request)
 

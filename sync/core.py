@@ -130,6 +130,21 @@ class SyncCore:
         self._send(issue_assignments(self.ctx, self.controller.rollback(rollout_id, reason)))
         return self.controller.show(rollout_id)
 
+    def builds(self) -> list[dict[str, object]]:
+        """Payload builds running in the worker: what they build and how far they are."""
+        builds = self.ctx.issuer.builds
+        return [
+            {
+                "artifact": progress.key[1],
+                "base": progress.key[0],
+                "stage": progress.stage,
+                "done": progress.done,
+                "total": progress.total,
+                "elapsed_s": round(progress.elapsed_s, 3),
+            }
+            for progress in (builds.progress() if builds is not None else [])
+        ]
+
     def rollout(self, rollout_id: int) -> RolloutView:
         return self.controller.show(rollout_id)
 

@@ -248,14 +248,38 @@ def _watch(ctx: typer.Context, rollout_id: int, interval: float = 0.5) -> int:
     )
     with Progress(*columns, console=console) as progress:
         tasks: dict[int, TaskID] = {}
+        builds: dict[str, tuple[TaskID, int]] = {}
         while True:
-            view = _call(ctx, lambda client: client.rollout(rollout_id))
+            view, running = _call(ctx, lambda c: (c.rollout(rollout_id), c.builds()))
+            _update_builds(progress, builds, running)
             _update_stages(progress, tasks, view)
             if view["state"] in TERMINAL:
                 break
             time.sleep(interval)
     console.print(f"rollout {rollout_id}: {tables.state(view['state'])} {view['reason']}")
     return 0 if view["state"] == "completed" else 1
+
+
+def _update_builds(
+    progress: Progress, tasks: dict[str, tuple[TaskID, int]], running: list[dict[str, Any]]
+) -> None:
+    """A bar per payload the sync service is building (a delta of a large model takes
+    seconds); a finished build's bar is completed and stays."""
+    seen = set()
+    for build in running:
+        key = f"{build['base'] or 'full'}>{build['artifact']}"
+        seen.add(key)
+        note = f"{build['stage']}, {build['elapsed_s']:.0f}s"
+        total = max(int(build["total"]), 1)
+        if key not in tasks:
+            name = f"build {build['artifact'][:12]}"
+            tasks[key] = (progress.add_task(name, total=total, note=note), total)
+        task, _ = tasks[key]
+        tasks[key] = (task, total)
+        progress.update(task, completed=int(build["done"]), total=total, note=note)
+    for key, (task, total) in tasks.items():
+        if key not in seen:
+            progress.update(task, completed=total, note="built")
 
 
 def _update_stages(progress: Progress, tasks: dict[int, TaskID], view: dict[str, Any]) -> None:

@@ -99,7 +99,7 @@ def test_a_device_message_is_handled_while_a_big_delta_builds(
     sync, published = core
     v1, v2 = wide_model(0), wide_model(0, tuned=True)
     base_sha = _register(sync, "1", v1)
-    _register(sync, "2", v2)
+    new_sha = _register(sync, "2", v2)
     _report(sync, "dev-a", "canary", {MODEL: RunningModel(version="1", sha256=base_sha)})
     _report(sync, "dev-b", "default", {})
     sync.start_rollout(RolloutSpec(model=MODEL, version="2", group="canary", stages=[1.0]))
@@ -111,6 +111,12 @@ def test_a_device_message_is_handled_while_a_big_delta_builds(
     device = sync.registry.device("dev-b")
     assert device is not None and device.online
     assert _building(sync, "tensor-delta-2") is not None, "the build ended before the message"
+    (shown,) = sync.builds()  # what GET /v1/builds and fleet push --wait show
+    assert (shown["artifact"], shown["base"], shown["stage"]) == (
+        new_sha,
+        base_sha,
+        "tensor-delta-2",
+    )
     sync.tick()
     running = 'edgeserve_sync_payload_builds_running{stage="tensor-delta-2"}'
     assert metric_value(sync.metrics.render().decode(), running) == 1
