@@ -69,17 +69,20 @@ class ModelStore:
         log.info("model installed", extra={"model": card.name, "version": card.version})
         return verified
 
-    def stage(self, card: ModelCard, artifact: Path | bytes) -> VerifiedModel:
+    def stage(
+        self, card: ModelCard, artifact: Path | bytes, bank_bytes: bytes | None = None
+    ) -> VerifiedModel:
         """Write an artifact (a file or its bytes) into the slot not serving, and verify it.
 
         Nothing switches: the model keeps serving from its current slot until
         ``activate``. Raises IntegrityError when the bytes written do not match the card.
-        A reference bank the card names is copied from beside an artifact file, or, for
-        artifact bytes (an update), from the serving slot when its sha256 is the same;
-        without one the slot still serves, and the router scores without the bank.
+        A reference bank the card names comes as ``bank_bytes`` (an update that carries
+        it), from beside an artifact file, or, for artifact bytes, from the serving slot
+        when its sha256 is the same; without one the slot still serves, and the router
+        scores without the bank.
         """
         check_card_names(card)
-        bank = self._bank_source(card, artifact)
+        bank = None if bank_bytes is not None else self._bank_source(card, artifact)
         target = self._staging_slot(card.name)
         slot_dir = self.root / card.name / target
         shutil.rmtree(slot_dir, ignore_errors=True)
@@ -88,7 +91,9 @@ class ModelStore:
             _write_synced(slot_dir / card.file, artifact)
         else:
             _copy_synced(artifact, slot_dir / card.file)
-        if card.bank is not None and bank is not None and bank.is_file():
+        if card.bank is not None and bank_bytes is not None:
+            _write_synced(slot_dir / card.bank.file, bank_bytes)
+        elif card.bank is not None and bank is not None and bank.is_file():
             _copy_synced(bank, slot_dir / card.bank.file)
         _write_synced(slot_dir / CARD_NAME, card.model_dump_json(indent=2).encode())
         fsync_dir(slot_dir)

@@ -10,6 +10,7 @@ it was made. Deterministic: the same inputs give the same bytes.
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -56,7 +57,7 @@ def fine_tune_last_layer(model: nn.Module, config: TrainConfig) -> nn.Module:
 def build_edge_version(
     out_dir: Path, version: str = "2", config: TrainConfig = FINE_TUNE
 ) -> tuple[Path, ModelCard]:
-    """Write ``digits-edge`` ``version`` (int8 ONNX + card) into ``out_dir``."""
+    """Write ``digits-edge`` ``version`` (int8 ONNX, card, the base's bank) into ``out_dir``."""
     source = packaged_artifacts()
     base_card = ModelCard.load(source / f"{BASE_INT8}.card.json")
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -86,5 +87,7 @@ def build_edge_version(
             },
         }
     )
+    if card.bank is not None:  # the package keeps the base's bank: copy it beside
+        shutil.copyfile(source / card.bank.file, out_dir / card.bank.file)
     card.save(card_path_for(int8))
     return int8, card

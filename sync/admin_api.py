@@ -56,6 +56,7 @@ from edgeserve.wire.errors import (
     PayloadTooLarge,
     Unauthenticated,
 )
+from edgeserve.wire.manifest import MAX_INLINE_BANK
 from edgeserve.wire.model_card import ModelCard
 from sync.artifacts import ArtifactStore
 from sync.config import TOKEN_FILE, TOKEN_HASH_FILE, SyncConfig
@@ -281,6 +282,23 @@ async def _ensure_self_test(store: ArtifactStore, card: ModelCard, sha: str) -> 
             raise InvalidInput(f"the artifact does not run as its card says: {exc}") from exc
         store.save_self_test(sha, existing)
     return len(existing.inputs)
+
+
+@router.put("/models/{model}/versions/{version}/bank")
+async def upload_bank(model: str, version: str, request: Request, state: State) -> Response:
+    declared = int(request.headers.get("content-length") or 0)
+    if declared > MAX_INLINE_BANK:
+        raise PayloadTooLarge(
+            f"a bank of {declared} bytes is over {MAX_INLINE_BANK}: rebuild it with a "
+            "smaller per-class cap (it travels inside the signed manifest)"
+        )
+    data = b""
+    async for block in request.stream():
+        data += block
+        if len(data) > MAX_INLINE_BANK:
+            raise PayloadTooLarge(f"the bank is over {MAX_INLINE_BANK} bytes")
+    sha = await state.core.call(lambda core: core.add_bank(model, version, data))
+    return _json({"model": model, "version": version, "bank_sha256": sha}, 201)
 
 
 @router.get("/models")

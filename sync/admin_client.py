@@ -102,6 +102,16 @@ class AdminClient:
         path = f"/v1/models/{card.name}/versions/{card.version}"
         return self._request("PUT", path, content=_read_blocks(artifact, progress), headers=headers)
 
+    def upload_bank(self, card: ModelCard, folder: Path) -> Any:
+        """Send the reference bank ``card`` names, from ``folder`` (beside its card)."""
+        if card.bank is None:
+            return None
+        bank = folder / card.bank.file
+        if not bank.is_file():
+            raise InvalidInput(f"the card names the bank {card.bank.file}, not found in {folder}")
+        path = f"/v1/models/{card.name}/versions/{card.version}/bank"
+        return self._request("PUT", path, content=bank.read_bytes())
+
     def versions(self, model: str | None = None) -> Any:
         return self._request("GET", "/v1/models", params=_params(model=model))
 

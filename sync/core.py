@@ -10,6 +10,7 @@ the MQTT consumer and the admin API are thin adapters that call it.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from collections import Counter
@@ -19,7 +20,13 @@ from dataclasses import asdict
 from typing import Any, TypeVar
 
 from edgeserve.security.signing import ensure_operator_key
-from edgeserve.wire.errors import Unavailable, UpdateRefused
+from edgeserve.wire.errors import (
+    IntegrityError,
+    InvalidInput,
+    ModelNotFound,
+    Unavailable,
+    UpdateRefused,
+)
 from edgeserve.wire.model_card import ModelCard
 from sync.artifacts import ArtifactStore
 from sync.builds import PayloadBuilds
@@ -121,7 +128,31 @@ class SyncCore:
         assert row is not None
         return row
 
+    def add_bank(self, model: str, version: str, data: bytes) -> str:
+        """Store the reference bank ``model@version``'s card names (its sha256 must match)."""
+        row = self.registry.version(model, version)
+        if row is None:
+            raise ModelNotFound(f"{model} v{version} is not registered: upload the model first")
+        bank = row.card.bank
+        if bank is None:
+            raise InvalidInput(f"the card of {model} v{version} names no reference bank")
+        sha = hashlib.sha256(data).hexdigest()
+        if sha != bank.sha256:
+            raise IntegrityError(
+                f"uploaded bank sha256 {sha[:12]} is not the card's {bank.sha256[:12]}"
+            )
+        return self.store.put_artifact(data)
+
     def start_rollout(self, spec: RolloutSpec) -> RolloutView:
+        row = self.registry.version(spec.model, spec.version)
+        bank = row.card.bank if row is not None else None
+        if bank is not None and not self.store.has_artifact(bank.sha256):
+            # Still served: devices route by max-probability until a bank arrives (and
+            # count it). fleet push always sends the bank with the model.
+            log.warning(
+                "rolling out without the reference bank the card names",
+                extra={"model": spec.model, "version": spec.version, "bank": bank.file},
+            )
         rollout_id, assigns = self.controller.start(spec)
         self._send(issue_assignments(self.ctx, assigns))
         return self.controller.show(rollout_id)

@@ -29,8 +29,15 @@ from dataclasses import dataclass
 from edgeserve.security.signing import OperatorKey
 from edgeserve.wire import topics
 from edgeserve.wire.delta import tensor_format_for
-from edgeserve.wire.errors import IntegrityError, ModelNotFound
-from edgeserve.wire.manifest import PayloadSpec, SelfTest, SignedManifest, UpdateManifest
+from edgeserve.wire.errors import IntegrityError, InvalidInput, ModelNotFound
+from edgeserve.wire.manifest import (
+    INLINE_BANK_SINCE,
+    PayloadSpec,
+    SelfTest,
+    SignedManifest,
+    UpdateManifest,
+    version_key,
+)
 from edgeserve.wire.sync_messages import DesiredState
 from sync.artifacts import ArtifactStore, CachedPayload
 from sync.builds import BuildKey, BuildPending, PayloadBuilds, build_into_store
@@ -129,6 +136,7 @@ class UpdateIssuer:
             card=target.card,
             payload=spec,
             self_test=self._self_test(target),
+            bank=self._inline_bank(device_id, target),
         )
         state = self._desire(device_id, model, manifest, now)
         self.registry.record_issue(
@@ -246,6 +254,22 @@ class UpdateIssuer:
             return None, None
         return running.version, running.sha256
 
+    def _inline_bank(self, device_id: str, target: VersionRow) -> str | None:
+        """The target's reference bank (base64) if the device may not hold it yet: not
+        when its running version has the same bank (it copies that from its serving
+        slot), nor for an agent too old to take it (it keeps its max-probability score)."""
+        bank = target.card.bank
+        device = self.registry.device(device_id)
+        if bank is None or device is None or not self.store.has_artifact(bank.sha256):
+            return None
+        if not _takes_inline_bank(device.agent_version):
+            return None
+        running = device.running.get(target.model)
+        held = self.registry.version(target.model, running.version) if running else None
+        if held is not None and held.card.bank is not None and held.card.bank.sha256 == bank.sha256:
+            return None
+        return base64.b64encode(self.store.read_artifact(bank.sha256)).decode()
+
     def _tensor_format(self, device_id: str) -> int:
         device = self.registry.device(device_id)
         return tensor_format_for(device.agent_version if device is not None else "")
@@ -299,3 +323,11 @@ class UpdateIssuer:
 def _own_manifest(envelope: SignedManifest) -> UpdateManifest:
     """A manifest this service signed and stored itself (so no signature check, no expiry)."""
     return UpdateManifest.model_validate_json(base64.b64decode(envelope.manifest))
+
+
+def _takes_inline_bank(agent_version: str) -> bool:
+    try:
+        release = version_key(agent_version.split("+")[0])
+    except InvalidInput:  # an empty or non-numeric version: assume an old agent
+        return False
+    return release >= version_key(INLINE_BANK_SINCE)

@@ -194,7 +194,7 @@ class Updater:
             artifact = rebuild_artifact(self._store, download)
             self._on_step("rebuilt")
             stage = "stage"
-            staged = self._store.stage(manifest.card, artifact)
+            staged = self._store.stage(manifest.card, artifact, manifest.bank_bytes())
             self._on_step("staged")
             stage = "self_test"
             run_self_test(staged, manifest.self_test, self._options)

@@ -145,6 +145,7 @@ def push(
             with _upload_progress() as progress:
                 task = progress.add_task(f"{model} v{version}", total=upload_card.size_bytes)
                 client.upload(file, upload_card, lambda n: progress.advance(task, n))
+        client.upload_bank(upload_card, (card or file).parent)  # the package's other part
         return client.start_rollout({k: v for k, v in request.items() if v is not None})
 
     view = _call(ctx, run)

@@ -96,6 +96,7 @@ class FleetStack:
             for model in models:
                 card = ModelCard.load(source / f"{model}{CARD_SUFFIX}")
                 admin.upload(source / card.file, card)
+                admin.upload_bank(card, source)
 
     def push(
         self,
@@ -106,6 +107,7 @@ class FleetStack:
         """Upload ``artifact`` as ``card``'s version and start a rollout; its id."""
         with self.admin() as admin:
             admin.upload(artifact, card)
+            admin.upload_bank(card, artifact.parent)
             started = admin.start_rollout({"model": card.name, "version": card.version, **rollout})
         return int(started["id"])
 

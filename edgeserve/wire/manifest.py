@@ -23,11 +23,17 @@ from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from edgeserve.wire.errors import InvalidInput, SignatureError, UpdateRefused
+from edgeserve.wire.errors import IntegrityError, InvalidInput, SignatureError, UpdateRefused
 from edgeserve.wire.model_card import ModelCard
 
 MANIFEST_SCHEMA = "edgeserve.manifest/1"
 MAX_MANIFEST_BYTES = 256 << 10
+# A reference bank travels inside the signed manifest, so it must leave room for the rest
+# (golden vectors, chunk hashes) under MAX_MANIFEST_BYTES; larger banks are capped per
+# class when they are built (the digits bank is 38 KB).
+MAX_INLINE_BANK = 128 << 10
+# Agents from this release take a manifest's inline bank; older ones refuse the field.
+INLINE_BANK_SINCE = "0.2.0"
 
 PayloadEncoding = Literal["zstd", "zstd-patch", "tensor-delta", "tensor-delta-2"]
 
@@ -96,6 +102,22 @@ class UpdateManifest(BaseModel):
     card: ModelCard
     payload: PayloadSpec
     self_test: SelfTest
+    bank: str | None = Field(
+        None,
+        description="base64 of the reference bank the card names, sent when the device may "
+        "not hold it yet (a bank it holds, same sha256, is taken from its serving slot)",
+        max_length=4 * MAX_INLINE_BANK // 3 + 4,
+    )
+
+    def bank_bytes(self) -> bytes | None:
+        """The inline bank, checked against the card (IntegrityError if it is not the one)."""
+        if self.bank is None:
+            return None
+        data = base64.b64decode(self.bank, validate=True)
+        named = self.card.bank
+        if named is None or hashlib.sha256(data).hexdigest() != named.sha256:
+            raise IntegrityError(f"{self.model} v{self.version}: the inline bank is not the card's")
+        return data
 
     def canonical_bytes(self) -> bytes:
         return self.model_dump_json(by_alias=True, exclude_none=True).encode()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import json
+import shutil
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -119,6 +120,42 @@ def test_a_transfer_cut_by_a_broker_kill_resumes_and_completes(start, v2: Releas
         assert stack.wait_rollout(rollout, timeout=60)["state"] == "completed"
     assert 0 < received_before_restart < total
     assert served_version(stack, "dev-0") == "2"
+
+
+def test_a_version_with_a_new_bank_ships_it_and_the_device_routes_with_it(
+    start, v2: Release, tmp_path: Path
+) -> None:
+    stack = start(["dev-0"])
+    release = with_a_smaller_bank(v2, tmp_path / "v2-bank")
+    rollout = stack.push(release.artifact, release.card, canary=1, stages=[1.0])
+    assert stack.wait_rollout(rollout, timeout=60)["state"] == "completed"
+
+    send_digits(stack, 20)  # routed: each scored with the installed version's bank
+
+    bank = release.card.bank
+    assert bank is not None
+    slot = next((stack.workdir / "dev-0-state" / "models" / MODEL).glob(f"*/{bank.file}"))
+    assert hashlib.sha256(slot.read_bytes()).hexdigest() == bank.sha256
+    with OipHttpClient(stack.agent_url("dev-0")) as client:
+        assert client.metric("edgeserve_agent_router_bank_failures_total") == 0
+
+
+def with_a_smaller_bank(release: Release, folder: Path) -> Release:
+    """``release`` re-packaged with every other bank row: a new bank, still a valid one."""
+    assert release.card.bank is not None
+    folder.mkdir()
+    artifact = folder / release.artifact.name
+    shutil.copyfile(release.artifact, artifact)
+    with np.load(release.artifact.parent / release.card.bank.file) as bank:
+        x, y = bank["x"][::2], bank["y"][::2]
+    path = folder / release.card.bank.file
+    with path.open("wb") as out:
+        np.savez(out, x=x, y=y)
+    data = path.read_bytes()
+    named = release.card.bank.model_copy(
+        update={"sha256": hashlib.sha256(data).hexdigest(), "size_bytes": len(data), "rows": len(y)}
+    )
+    return Release(artifact, release.card.model_copy(update={"bank": named}))
 
 
 # -- refusals ---------------------------------------------------------------------------

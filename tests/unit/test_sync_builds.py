@@ -69,7 +69,14 @@ def _register(core: SyncCore, version: str, data: bytes) -> str:
     card = ModelCard.load(packaged_artifacts() / "digits-edge.card.json")
     sha = core.store.put_artifact(data)
     card = card.model_copy(
-        update={"name": MODEL, "version": version, "sha256": sha, "size_bytes": len(data)}
+        # a wide model of its own: not the digits bank of the card it is copied from
+        update={
+            "name": MODEL,
+            "version": version,
+            "sha256": sha,
+            "size_bytes": len(data),
+            "bank": None,
+        }
     )
     core.register_version(card, sha)
     return sha

@@ -15,7 +15,7 @@ from edgeserve.security.signing import ensure_operator_key
 from edgeserve.wire import topics
 from edgeserve.wire.delta import apply_payload
 from edgeserve.wire.errors import IntegrityError, ModelNotFound, SignatureError
-from edgeserve.wire.manifest import UpdateManifest, verify_signed_manifest
+from edgeserve.wire.manifest import INLINE_BANK_SINCE, UpdateManifest, verify_signed_manifest
 from edgeserve.wire.sync_messages import ReportedState, RunningModel
 from sync.builds import BuildPending, PayloadBuilds
 from sync.handlers import issue_built
@@ -193,3 +193,37 @@ def test_a_device_waiting_for_a_build_gets_only_its_latest_desire(tmp_path: Path
         builds.close()
     assert len(later) == 1
     assert _manifest(fleet, "dev").rollback is True
+
+
+def _version_with_bank(fleet: Fleet, version: str, bank: bytes) -> None:
+    """``version``: v2's bytes under a card naming another reference bank, stored."""
+    named = fleet.cards["2"].bank
+    assert named is not None  # the packaged cards carry the digits bank
+    sha = fleet.store.put_artifact(bank)
+    card = fleet.cards["2"].model_copy(
+        update={
+            "version": version,
+            "bank": named.model_copy(update={"sha256": sha, "size_bytes": len(bank)}),
+        }
+    )
+    fleet.registry.add_version(card, card.sha256)
+
+
+def test_a_new_bank_travels_inline_to_an_agent_that_takes_it(fleet: Fleet) -> None:
+    _version_with_bank(fleet, "3", b"another bank")
+    _report_agent(fleet, "dev", INLINE_BANK_SINCE)
+    fleet.issuer.issue("dev", MODEL, "3")
+    assert _manifest(fleet, "dev").bank_bytes() == b"another bank"
+
+
+def test_a_bank_the_device_already_holds_is_not_sent_again(fleet: Fleet) -> None:
+    _report_agent(fleet, "dev", INLINE_BANK_SINCE)  # on v1, whose bank v2 keeps
+    fleet.issuer.issue("dev", MODEL, "2")
+    assert _manifest(fleet, "dev").bank is None
+
+
+def test_an_agent_too_old_for_an_inline_bank_gets_none(fleet: Fleet) -> None:
+    _version_with_bank(fleet, "3", b"another bank")
+    _report_agent(fleet, "dev", "0.1.0")
+    fleet.issuer.issue("dev", MODEL, "3")
+    assert _manifest(fleet, "dev").bank is None

@@ -9,6 +9,7 @@ everything from disk, as a restarted agent would.
 
 from __future__ import annotations
 
+import base64
 import hashlib
 import time
 from dataclasses import dataclass
@@ -110,8 +111,14 @@ def _release(
     issued_at: float | None = None,
     expires_in: float = 3600.0,
     skew_expected: float = 0.0,
+    bank: bytes | None = None,
 ) -> Release:
     card, data = _artifact(version)
+    if bank is not None and card.bank is not None:
+        sha = hashlib.sha256(bank).hexdigest()
+        card = card.model_copy(
+            update={"bank": card.bank.model_copy(update={"sha256": sha, "size_bytes": len(bank)})}
+        )
     payload = payload or Payload("zstd", candidates(data, None)[0].data)
     chunks = [payload.data[i : i + CHUNK] for i in range(0, len(payload.data), CHUNK)]
     self_test = _golden(card, data, workdir)
@@ -137,6 +144,7 @@ def _release(
             chunks=[hashlib.sha256(chunk).hexdigest() for chunk in chunks],
         ),
         self_test=self_test,
+        bank=base64.b64encode(bank).decode() if bank is not None else None,
     )
     return Release(key.sign(manifest), manifest, chunks)
 
@@ -188,6 +196,17 @@ def _install(updater: Updater, release: Release):
 
 
 # -- the happy paths ---------------------------------------------------------------------
+
+
+def test_a_bank_sent_with_the_update_is_installed_beside_the_new_model(
+    updater, core, key, tmp_path
+):
+    bank = (packaged_artifacts() / "digits-edge.bank.npz").read_bytes() + b"\0"
+    release = _release(key, tmp_path, "2", bank=bank)
+    assert _install(updater, release).ok
+    served = core.store.load_verified(MODEL)
+    assert served.card.bank is not None
+    assert (served.artifact.parent / served.card.bank.file).read_bytes() == bank
 
 
 def test_full_update_is_installed_and_served(updater, core, key, tmp_path, config):
