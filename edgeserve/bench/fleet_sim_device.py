@@ -56,6 +56,9 @@ class FleetCounters:
     records_acked: int = 0
     batches_resent: int = 0
     http_bytes: int = 0
+    # Payload bytes by topic kind, received and sent: where the broker's traffic goes.
+    received: dict[str, int] = field(default_factory=dict)
+    sent: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(slots=True)
@@ -109,6 +112,8 @@ class SimDevice:
 
     async def on_message(self, topic: str, payload: bytes) -> None:
         where = topics.parse(topic)
+        received = self.counters.received
+        received[where.kind] = received.get(where.kind, 0) + len(payload)
         if where.kind == "desired":
             self._on_desired(payload)
         elif where.kind == "chunk" and where.index is not None:
@@ -278,4 +283,6 @@ class SimDevice:
 
     def _publish(self, topic: str, payload: bytes, retain: bool = False) -> None:
         assert self.link is not None
+        kind = topic.rsplit("/", 1)[-1]
+        self.counters.sent[kind] = self.counters.sent.get(kind, 0) + len(payload)
         self.link.publish(topic, payload, qos=1, retain=retain)
