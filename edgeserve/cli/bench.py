@@ -142,12 +142,16 @@ def bench_fleet_sim(
     out: OutOption = Path("docs/bench/fleet-sim"),
     devices: Annotated[str, typer.Option(help="fleet sizes, comma separated")] = "100,300,1000",
     records_per_s: Annotated[int, typer.Option(help="telemetry records per device a second")] = 10,
+    broker_queue: Annotated[
+        int | None, typer.Option(help="Mosquitto max_queued_messages (default: the project's)")
+    ] = None,
 ) -> None:
     """Simulated devices (real wire protocol) against real Mosquitto and the sync service:
     a last-layer rollout of a 51 MB model, a broker kill mid-rollout, telemetry."""
     from edgeserve.bench.fleet_sim import run_fleet_sim
 
-    run_fleet_sim(out, tuple(int(n) for n in devices.split(",")), records_per_s)
+    sizes = tuple(int(n) for n in devices.split(","))
+    run_fleet_sim(out, sizes, records_per_s, broker_queue)
 
 
 @bench_app.command("report")
