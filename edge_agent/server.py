@@ -145,7 +145,7 @@ def build_sync(
     # Imported here: an agent without a broker never loads paho or the manifest checks.
     from edge_agent.sync.bulk import range_fetcher
     from edge_agent.sync.client import SyncClient, broker_address
-    from edge_agent.sync.handlers import SyncContext
+    from edge_agent.sync.context import SyncContext
     from edge_agent.sync.telemetry import TelemetryUploader
     from edge_agent.updates import Updater
     from edgeserve.security.signing import load_public_key

@@ -16,7 +16,7 @@ import time
 from typing import TYPE_CHECKING
 
 from edge_agent.sync import handlers
-from edge_agent.sync.handlers import SyncContext, Window
+from edge_agent.sync.context import SyncContext, Window
 from edge_agent.updates.ranges import BulkUnavailable, RangeFetcher
 from edgeserve.wire.manifest import PayloadSpec
 

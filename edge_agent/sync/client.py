@@ -18,8 +18,8 @@ import logging
 from collections.abc import Coroutine
 from typing import TYPE_CHECKING, Any
 
-from edge_agent.sync import bulk, handlers
-from edge_agent.sync.handlers import SyncContext
+from edge_agent.sync import bulk, handlers, reporting
+from edge_agent.sync.context import SyncContext
 from edge_agent.sync.renewal import CertRenewal, renewal_for
 from edge_agent.sync.telemetry import TelemetryUploader
 from edgeserve.mqtt import BrokerAddress, Message, MqttLink, Will
@@ -73,7 +73,7 @@ class SyncClient:
             uploader.publish = self._publish_telemetry
         self.tick_s = tick_s
         device = context.device_id
-        offline = handlers.status_message(device, online=False)
+        offline = reporting.status_message(device, online=False)
         self.link = MqttLink(
             address,
             client_id=device,
@@ -116,7 +116,7 @@ class SyncClient:
         for task in list(self._background):
             task.cancel()
         await asyncio.gather(*self._background, return_exceptions=True)
-        goodbye = handlers.status_message(self.context.device_id, online=False)
+        goodbye = reporting.status_message(self.context.device_id, online=False)
         status = Message(topics.status(self.context.device_id), goodbye.to_bytes(), True)
         await self.link.stop(graceful_status=status)
 
@@ -163,9 +163,9 @@ class SyncClient:
     async def _announce(self) -> None:
         ctx = self.context
         try:
-            online = handlers.status_message(ctx.device_id, online=True)
+            online = reporting.status_message(ctx.device_id, online=True)
             ctx.publish(topics.status(ctx.device_id), online.to_bytes(), True)
-            await handlers.publish_reported(ctx)
+            await reporting.publish_reported(ctx)
             await handlers.resume_pending(ctx)
             if self.uploader is not None:
                 self.uploader.on_reconnect()

@@ -15,15 +15,17 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
-from edge_agent.metrics import SyncMetrics
+from edge_agent.sync.context import SyncContext, Window
+from edge_agent.sync.reporting import (
+    publish_reported,
+    running_version,
+    signed_version,
+)
 from edge_agent.updates.downloads import ChunksRotted
-from edgeserve import __version__
 from edgeserve.mqtt import Message
 from edgeserve.wire import topics
 from edgeserve.wire.errors import EdgeServeError, SignatureError, Unavailable, UpdateRefused
@@ -31,73 +33,16 @@ from edgeserve.wire.manifest import SignedManifest, verify_signed_manifest
 from edgeserve.wire.sync_messages import (
     ChunkRequest,
     DesiredState,
-    DeviceStatus,
-    ReportedState,
-    RunningModel,
     TelemetryAck,
-    UpdateProgress,
     UpdateResult,
     UpdateStage,
     decode,
 )
 
 if TYPE_CHECKING:
-    from edge_agent.core import AgentCore
-    from edge_agent.outbox import Outbox
-    from edge_agent.router import Router
-    from edge_agent.sync.telemetry import TelemetryUploader
-    from edge_agent.updates import Updater, UpdateSession
-    from edge_agent.updates.ranges import RangeFetcher
+    from edge_agent.updates import UpdateSession
 
 log = logging.getLogger(__name__)
-
-WINDOW = 256
-Publish = Callable[[str, bytes, bool], None]  # topic, payload, retain
-
-
-@dataclass(slots=True)
-class Window:
-    """One update being downloaded: the chunks asked for and when anything last arrived."""
-
-    update_id: str
-    model: str
-    version: str
-    total: int
-    requested: set[int] = field(default_factory=set)
-    last_activity: float = 0.0
-    # "http" while a Range fetch runs (the stall check leaves it alone), else "mqtt".
-    transport: str = "mqtt"
-
-
-@dataclass(slots=True)
-class SyncState:
-    desired_revision: int = -1
-    windows: dict[str, Window] = field(default_factory=dict)
-    finishing: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    fetching: dict[str, asyncio.Task[None]] = field(default_factory=dict)
-    # Manifests the updater could not take yet (another install of the model running).
-    deferred: dict[str, SignedManifest] = field(default_factory=dict)
-    # How many of the updater's rotten chunks are already in the rejected counter.
-    rotted_counted: int = 0
-
-
-@dataclass(slots=True)
-class SyncContext:
-    device_id: str
-    core: AgentCore
-    router: Router
-    updater: Updater
-    public_key: Ed25519PublicKey
-    metrics: SyncMetrics
-    publish: Publish = field(default=lambda topic, payload, retain: None)  # set by SyncClient
-    uploader: TelemetryUploader | None = None
-    outbox: Outbox | None = None
-    group: str = "default"
-    labels: dict[str, str] = field(default_factory=dict)
-    chunk_timeout_s: float = 10.0
-    window: int = WINDOW
-    bulk: RangeFetcher | None = None  # fetches payloads whose manifest names a URL
-    state: SyncState = field(default_factory=SyncState)
 
 
 # -- dispatch ----------------------------------------------------------------------------
@@ -389,69 +334,3 @@ async def on_telemetry_ack(ctx: SyncContext, payload: bytes) -> None:
         reject(ctx, "unexpected_kind", "telemetry ack while telemetry is off")
         return
     await ctx.uploader.on_ack(ack.acked_seq)
-
-
-# -- what the device says about itself ---------------------------------------------------
-
-
-def status_message(device_id: str, online: bool) -> DeviceStatus:
-    return DeviceStatus(
-        device_id=device_id, online=online, agent_version=__version__, ts=time.time()
-    )
-
-
-async def publish_reported(ctx: SyncContext) -> None:
-    state = await asyncio.to_thread(reported_state, ctx)
-    ctx.publish(topics.reported(ctx.device_id), state.to_bytes(), True)
-
-
-def reported_state(ctx: SyncContext) -> ReportedState:
-    """What runs here and what is downloading (blocking: reads the outbox and downloads)."""
-    models: dict[str, RunningModel] = {}
-    for name in ctx.core.model_names():
-        loaded = ctx.core.model(name)
-        models[name] = RunningModel(
-            version=loaded.version, sha256=loaded.card.sha256, slot=loaded.slot
-        )
-    updates = {w.model: _progress(ctx, w) for w in list(ctx.state.windows.values())}
-    outbox = ctx.outbox
-    return ReportedState(
-        device_id=ctx.device_id,
-        agent_version=__version__,
-        group=ctx.group,
-        labels=ctx.labels,
-        desired_revision=ctx.state.desired_revision,
-        models=models,
-        updates=updates,
-        router=ctx.router.overrides(),
-        outbox_pending=outbox.count() if outbox is not None else 0,
-        outbox_dropped=outbox.dropped_total() if outbox is not None else 0,
-        ts=time.time(),
-    )
-
-
-def _progress(ctx: SyncContext, window: Window) -> UpdateProgress:
-    missing = len(ctx.updater.missing(window.update_id, window.total))
-    return UpdateProgress(
-        version=window.version,
-        update_id=window.update_id,
-        stage="activate" if window.update_id in ctx.state.finishing else "download",
-        received_chunks=window.total - missing,
-        total_chunks=window.total,
-    )
-
-
-def running_version(ctx: SyncContext, name: str) -> str:
-    try:
-        return ctx.core.model(name).version
-    except EdgeServeError:
-        return ""
-
-
-def signed_version(envelope: SignedManifest, public_key: Ed25519PublicKey) -> str:
-    """The version a refused manifest names, read only if its signature verifies."""
-    try:
-        # now=0: an expired manifest still names its version truthfully
-        return verify_signed_manifest(envelope, public_key, now=0.0).version
-    except EdgeServeError:
-        return ""

@@ -24,7 +24,7 @@ from edge_agent.metrics import SyncMetrics
 from edge_agent.outbox import Outbox
 from edge_agent.router import Router
 from edge_agent.sync import handlers
-from edge_agent.sync.handlers import SyncContext
+from edge_agent.sync.context import SyncContext
 from edge_agent.sync.telemetry import TelemetryUploader
 from edge_agent.updates import Updater
 from edgeserve.artifacts import packaged_artifacts
