@@ -42,6 +42,7 @@ from edgeserve.polling import wait_until
 from edgeserve.processes import free_port
 from edgeserve.security.pki import ensure_dev_pki
 from edgeserve.security.signing import load_public_key
+from edgeserve.wire.errors import DeadlineExceeded
 from edgeserve.wire.sync_messages import RunningModel
 
 STAGES = {"canary": 0.01, "stages": [0.1, 1.0]}
@@ -49,6 +50,7 @@ KILL_AT = 0.1  # share of the fleet on v3 when the broker is killed
 STEADY_S = 20.0  # telemetry alone, after the rollouts
 JOIN_S = 120.0
 DRAIN_S = 120.0
+ROLLOUT_TIMEOUT_S = 300.0
 
 
 class BenchBrokerSetup(BrokerSetup):
@@ -86,6 +88,8 @@ class SizeResult:
     reconnect_99_s: float
     reconnect_all_s: float
     devices_left_behind: int
+    left_behind_by_cause: dict[str, int]
+    device_errors: int
     sync_peak_rss_mb: float
     worker_peak_rss_mb: float
     records_made: int
@@ -121,9 +125,10 @@ def run_fleet_sim(
             )
             say(json.dumps(asdict(row)))
             results.append(row)
-    (out_dir / "results.json").write_text(
-        json.dumps([asdict(r) for r in results], indent=2) + "\n"
-    )
+            # After every size: a long run that fails later keeps what it measured.
+            (out_dir / "results.json").write_text(
+                json.dumps([asdict(r) for r in results], indent=2) + "\n"
+            )
     return results
 
 
@@ -178,6 +183,7 @@ def run_size(
         sync_peak_rss_mb=peaks[0],
         worker_peak_rss_mb=peaks[1],
         **telemetry,
+        device_errors=fleet.counters.errors,
         telemetry_offered_per_s=records_per_s * size,
         **steady,
     )
@@ -221,7 +227,7 @@ def _rollout(
     started = time.monotonic()
     with stack.admin() as admin:
         rollout_id = int(admin.start_rollout(_spec(target))["id"])
-    view = stack.wait_rollout(rollout_id, timeout=900, on_view=backlog.on_view)
+    view = _wait_rollout(stack, rollout_id, backlog)
     return {
         "rollout_s": round(time.monotonic() - started, 2),
         "rollout_state": view["state"],
@@ -255,13 +261,14 @@ def _rollout_with_broker_kill(
     wait_until(lambda: fleet.connected(killed) >= 0.99 * size, 300, "99% reconnected", 0.1)
     wait_until(lambda: fleet.connected(killed) >= size, 300, "all reconnected", 0.1)
     times = [max(0.0, at - (back - killed)) for at in fleet.reconnected_at(killed)]
-    view = stack.wait_rollout(rollout_id, timeout=900, on_view=backlog.on_view)
+    view = _wait_rollout(stack, rollout_id, backlog)
     return {
         "kill_rollout_state": view["state"],
         "kill_rollout_s": round(time.monotonic() - started, 2),
         "reconnect_99_s": round(times[max(0, int(0.99 * size) - 1)], 2),
         "reconnect_all_s": round(times[-1], 2),
         "devices_left_behind": size - fleet.running(target.card.sha256),
+        "left_behind_by_cause": fleet.behind(target.card.sha256),
     }
 
 
@@ -325,6 +332,17 @@ class _Backlog:
         pending = counters.records_sent - counters.records_acked
         self.worst_s = max(self.worst_s, pending / self.offered_per_s)
         return False
+
+
+def _wait_rollout(stack: FleetStack, rollout_id: int, backlog: _Backlog) -> dict[str, Any]:
+    """The rollout's final view, or its view after ``ROLLOUT_TIMEOUT_S`` (state suffixed
+    "timed out"): a rollout that does not finish is a result, not a crash."""
+    try:
+        return stack.wait_rollout(rollout_id, timeout=ROLLOUT_TIMEOUT_S, on_view=backlog.on_view)
+    except DeadlineExceeded:
+        with stack.admin() as admin:
+            view: dict[str, Any] = admin.rollout(rollout_id)
+        return view | {"state": f"{view['state']} (timed out)"}
 
 
 def _by_kind(fleet: SimFleet) -> dict[str, int]:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import logging
 import time
 from dataclasses import dataclass, field
 
@@ -39,10 +40,12 @@ from edgeserve.wire.sync_messages import (
 )
 from edgeserve.wire.telemetry import OutboxEntry, TelemetryBatch, encode_batch
 
+log = logging.getLogger(__name__)
+
 AGENT_VERSION = "0.2.0"  # applies every tensor-delta format, as the current agent does
 WINDOW = 256
 CHUNK_TIMEOUT_S = 10.0
-ACK_TIMEOUT_S = 10.0
+ACK_TIMEOUT_S = 15.0  # the agent's TelemetryUploader default
 
 
 @dataclass(slots=True)
@@ -55,6 +58,7 @@ class FleetCounters:
     records_sent: int = 0
     records_acked: int = 0
     batches_resent: int = 0
+    errors: int = 0  # messages a device could not handle (logged by the fleet)
     http_bytes: int = 0
     # Payload bytes by topic kind, received and sent: where the broker's traffic goes.
     received: dict[str, int] = field(default_factory=dict)
@@ -111,6 +115,14 @@ class SimDevice:
             self._send_telemetry()  # the batch in flight may have died with the broker
 
     async def on_message(self, topic: str, payload: bytes) -> None:
+        """Handle one message; like the agent, a message it cannot use is dropped."""
+        try:
+            self._dispatch(topic, payload)
+        except (EdgeServeError, ValueError) as exc:
+            self.counters.errors += 1
+            log.warning("simulated device dropped a message", extra={"topic": topic, "error": exc})
+
+    def _dispatch(self, topic: str, payload: bytes) -> None:
         where = topics.parse(topic)
         received = self.counters.received
         received[where.kind] = received.get(where.kind, 0) + len(payload)
@@ -255,8 +267,8 @@ class SimDevice:
     def _send_telemetry(self) -> None:
         """Everything not yet acknowledged, in one batch (the outbox sends the same way)."""
         first, last = self._acked + 1, self._seq
-        if last < first:
-            return
+        if last < first or self.link is None or not self.link.connected.is_set():
+            return  # sent on the next tick or at the reconnect, as the agent does
         self._in_flight_since = time.monotonic()
         records = [
             OutboxEntry(

@@ -90,6 +90,24 @@ class SimFleet:
     def running(self, sha256: str) -> int:
         return sum(1 for device in self.devices if device.running.sha256 == sha256)
 
+    def behind(self, sha256: str) -> dict[str, int]:
+        """Devices not running ``sha256``, by what they are doing: downloading (and how
+        they fetch), or idle with the desired revision they last took."""
+        causes: dict[str, int] = {}
+        for device, link in zip(self.devices, self.links, strict=True):
+            if device.running.sha256 == sha256:
+                continue
+            if not link.connected.is_set():
+                cause = "disconnected"
+            elif device.download is None:
+                cause = "idle (no newer desired state received)"
+            elif device.download.http is not None:
+                cause = "downloading over HTTP"
+            else:
+                cause = f"waiting for chunks ({len(device.download.chunks)} stored)"
+            causes[cause] = causes.get(cause, 0) + 1
+        return causes
+
     def broker_bytes(self) -> int:
         """Bytes every device sent to and received from the broker so far (TLS payload)."""
         return sum(link.counters.bytes_in + link.counters.bytes_out for link in self.links)
