@@ -273,11 +273,14 @@ def _refusals(console: Console, stack: FleetStack, admin: AdminClient) -> None:
         forged = _forged(desired)
         forger.publish(topics.desired("edge-0"), forged.to_bytes())
     with OipHttpClient(stack.agent_url("edge-0")) as client:
-        agent = wait_until(
-            lambda: _samples(client.metrics(), "edgeserve_agent_sync_rejected_total"),
+        # Wait for this refusal's own label: a redelivered retained state may already
+        # have been counted as "stale".
+        wait_until(
+            lambda: 'reason="signature"' in client.metrics(),
             10,
             "edge-0 counting the forged manifest",
         )
+        agent = _samples(client.metrics(), "edgeserve_agent_sync_rejected_total")
         serves = client.model_metadata(MODEL)["versions"]
     console.print(
         f"forged desired state sent as {OPERATOR_USER} (revision {forged.revision}, an hour "
