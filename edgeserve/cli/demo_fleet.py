@@ -243,14 +243,17 @@ def _rollout_table(
 
 
 def _refusals(console: Console, stack: FleetStack, admin: AdminClient) -> None:
-    console.rule("11. refused: garbage, a forged manifest, another device's topic")
+    console.rule("11. refused: garbage, a forged manifest, another device's topic or id")
     mqtt4 = not stack.broker.supports_mqtt5
-    as_edge0 = _address(stack, "edge-0", mqtt4)
+    # The attacker is an enrolled device of its own (edge-x, no agent): its credentials
+    # are valid, the broker takes its client id from them whatever it asks for.
+    stack.setup.add_device("edge-x")
+    as_edgex = _address(stack, "edge-x", mqtt4)
     other = topics.status("edge-1")
     fake = DeviceStatus(device_id="edge-1", online=False, ts=time.time()).to_bytes()
-    with _Connection(as_edge0, "demo-edge-0-tampering") as edge0:
-        acl = edge0.publish(other, fake, retain=True)
-        edge0.publish(topics.telemetry("edge-0"), b"\x00garbage, not a zstd batch")
+    with _Connection(as_edgex, "edge-1") as edgex:  # asks for edge-1's client id
+        acl = edgex.publish(other, fake, retain=True)
+        edgex.publish(topics.telemetry("edge-x"), b"\x00garbage, not a zstd batch")
     sync = wait_until(
         lambda: _samples(_sync_metrics(stack), "edgeserve_sync_rejected_total"),
         10,
@@ -260,12 +263,13 @@ def _refusals(console: Console, stack: FleetStack, admin: AdminClient) -> None:
     silent = acl == "Success"  # MQTT 3.1.1 has no reason codes: a denied publish is acked
     how = "dropped it silently" if silent else f"refused it ({acl})"
     console.print(
-        f"edge-0 writing 'offline' to edge-1's status topic: the broker ACL {how}; edge-1 "
+        f"edge-x, connecting under edge-1's client id, writing 'offline' to edge-1's status "
+        f"topic: the broker ACL {how} and kept edge-1's own connection; edge-1 "
         f"{'still online' if edge1['online'] else '[red]marked offline[/red]'} in the fleet "
-        f"view after the sync service had seen edge-0's next message"
+        f"view after the sync service had seen edge-x's next message"
     )
     console.print(
-        f"edge-0 sending garbage on its own telemetry topic: sync service rejected "
+        f"edge-x sending garbage on its own telemetry topic: sync service rejected "
         f"it and counted edgeserve_sync_rejected_total {sync}"
     )
     with _Connection(_address(stack, OPERATOR_USER, mqtt4), "demo-forger") as forger:
