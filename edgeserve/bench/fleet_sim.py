@@ -122,9 +122,7 @@ def run_fleet_sim(
         releases = build_releases(root / "model")
         for size in sizes:
             say(f"-- {size} devices")
-            row = run_size(
-                root / f"fleet-{size}", size, releases, records_per_s, broker_queue, say
-            )
+            row = run_size(root / f"fleet-{size}", size, releases, records_per_s, broker_queue, say)
             say(json.dumps(asdict(row)))
             results.append(row)
             # After every size: a long run that fails later keeps what it measured.
