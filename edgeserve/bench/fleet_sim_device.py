@@ -20,6 +20,7 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 
@@ -67,11 +68,27 @@ class FleetCounters:
 
 @dataclass(slots=True)
 class Download:
+    """One payload being fetched. Its bytes are hashed in order as they arrive and not
+    kept (a thousand devices fetching a full 51 MB artifact would not fit in memory);
+    chunks that arrive ahead of a gap wait in ``ahead``."""
+
     manifest: UpdateManifest
-    chunks: dict[int, bytes] = field(default_factory=dict)
+    have: set[int] = field(default_factory=set)
     requested: set[int] = field(default_factory=set)
     last_activity: float = 0.0
     http: asyncio.Task[None] | None = None
+    ahead: dict[int, bytes] = field(default_factory=dict)
+    digest: Any = field(default_factory=hashlib.sha256)
+    hashed: int = 0  # chunks [0, hashed) are in ``digest``
+
+    def add(self, index: int, data: bytes) -> None:
+        if index in self.have:
+            return
+        self.have.add(index)
+        self.ahead[index] = data
+        while self.hashed in self.ahead:
+            self.digest.update(self.ahead.pop(self.hashed))
+            self.hashed += 1
 
 
 class SimDevice:
@@ -178,7 +195,7 @@ class SimDevice:
         download = self.download
         assert download is not None
         spec = download.manifest.payload
-        missing = [i for i in range(len(spec.chunks)) if i not in download.chunks][:WINDOW]
+        missing = [i for i in range(len(spec.chunks)) if i not in download.have][:WINDOW]
         download.last_activity = time.monotonic()
         download.requested = set(missing)
         if not missing:
@@ -208,7 +225,7 @@ class SimDevice:
             self.counters.refused_chunks += 1
             return False
         assert self.download is not None
-        self.download.chunks[index] = data
+        self.download.add(index, data)
         return True
 
     async def _fetch_http(self) -> None:
@@ -221,7 +238,7 @@ class SimDevice:
             self.counters.http_bytes += len(data)
             return self._accept(index, data)
 
-        missing = [i for i in range(len(spec.chunks)) if i not in download.chunks]
+        missing = [i for i in range(len(spec.chunks)) if i not in download.have]
         with contextlib.suppress(BulkUnavailable):  # the rest comes over MQTT
             await self.fetcher.fetch(spec.url, spec, missing, store)
         download.http = None
@@ -232,9 +249,11 @@ class SimDevice:
         if download is None:
             return
         manifest = download.manifest
-        payload = b"".join(download.chunks[i] for i in range(len(manifest.payload.chunks)))
         self.download = None
-        ok = hashlib.sha256(payload).hexdigest() == manifest.payload.sha256
+        ok = (
+            download.hashed == len(manifest.payload.chunks)
+            and download.digest.hexdigest() == manifest.payload.sha256
+        )
         if ok:
             self.running = RunningModel(version=manifest.version, sha256=manifest.card.sha256)
             self.counters.installed[self.device_id] = time.monotonic()

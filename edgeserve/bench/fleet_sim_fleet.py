@@ -104,7 +104,7 @@ class SimFleet:
             elif device.download.http is not None:
                 cause = "downloading over HTTP"
             else:
-                cause = f"waiting for chunks ({len(device.download.chunks)} stored)"
+                cause = f"waiting for chunks ({len(device.download.have)} stored)"
             causes[cause] = causes.get(cause, 0) + 1
         return causes
 
