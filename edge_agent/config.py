@@ -20,6 +20,7 @@ class AgentConfig(ServiceSettings):
         "sync_ca",
         "sync_cert",
         "sync_key",
+        "sync_http_ca",
         "operator_public_key",
         "cloud_ca",
         "cloud_cert",
