@@ -10,12 +10,10 @@ from __future__ import annotations
 
 import sqlite3
 import threading
-import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
-from edgeserve.wire.errors import InternalError, Unavailable
+from cloud_gateway import sqlite_files
 
 MIGRATIONS: tuple[tuple[str, ...], ...] = (
     (
@@ -47,61 +45,26 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
     ),
 )
 SCHEMA_VERSION = len(MIGRATIONS)
+DATABASE = "experiments"
 
 
 def connect(path: Path) -> sqlite3.Connection:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with translated():
-        conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False)
-        try:
-            conn.execute("PRAGMA busy_timeout = 5000")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute("PRAGMA foreign_keys = ON")
-        except BaseException:
-            conn.close()
-            raise
-    return conn
+    # NORMAL: counts are statistics; a power cut may lose the last flush, not the file.
+    return sqlite_files.connect(path, DATABASE, synchronous="NORMAL")
 
 
-@contextmanager
-def translated() -> Iterator[None]:
-    """SQLite's errors as ours: a busy or unreadable file is 503, anything else a bug."""
-    try:
-        yield
-    except sqlite3.OperationalError as exc:
-        raise Unavailable(f"experiments database unavailable: {exc}") from exc
-    except sqlite3.Error as exc:
-        raise InternalError(f"experiments database error: {exc}") from exc
+def translated() -> AbstractContextManager[None]:
+    return sqlite_files.translated(DATABASE)
 
 
-@contextmanager
-def transaction(conn: sqlite3.Connection, lock: threading.Lock) -> Iterator[sqlite3.Connection]:
-    with lock, translated():
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-            conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                conn.execute("ROLLBACK")
-            raise
+def transaction(
+    conn: sqlite3.Connection, lock: threading.Lock
+) -> AbstractContextManager[sqlite3.Connection]:
+    return sqlite_files.transaction(conn, lock, DATABASE)
 
 
 def migrate(conn: sqlite3.Connection, lock: threading.Lock, path: Path) -> None:
-    with transaction(conn, lock):
-        conn.execute(
-            "CREATE TABLE IF NOT EXISTS schema_version"
-            " (version INTEGER PRIMARY KEY, applied_at REAL NOT NULL)"
-        )
-        row = conn.execute("SELECT MAX(version) FROM schema_version").fetchone()
-        current = int(row[0] or 0)
-        if current > SCHEMA_VERSION:
-            raise InternalError(
-                f"{path} has experiments schema version {current} but this edgeserve knows"
-                f" versions up to {SCHEMA_VERSION}: upgrade edgeserve"
-            )
-        for version in range(current + 1, SCHEMA_VERSION + 1):
-            for statement in MIGRATIONS[version - 1]:
-                conn.execute(statement)
-            conn.execute("INSERT INTO schema_version VALUES (?, ?)", (version, time.time()))
+    sqlite_files.migrate(conn, lock, path, MIGRATIONS, DATABASE)
+
+
+current_version = sqlite_files.current_version
