@@ -35,13 +35,13 @@ from torch import nn
 from torch.nn import functional
 
 from edgeserve.artifacts import packaged_artifacts
-from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard, ModelMetrics, file_sha256
+from edgeserve.wire.model_card import CARD_SUFFIX, ModelCard
 from models.bank import write_bank
 from models.calibrate import calibrate_card
 from models.data import FloatArray, LabelArray, load_split, make_split, split_file_name
-from models.evaluate import onnx_accuracy, run_onnx
+from models.evaluate import run_onnx
 from models.export import export_classifier
-from models.finetune import load_edge_mlp
+from models.finetune import load_edge_mlp, versioned_card
 from models.quantize import QuantizeConfig, quantize_int8
 from models.train import deterministic_torch
 
@@ -214,25 +214,13 @@ def _copy_inputs(source: Path, out_dir: Path) -> None:
 
 
 def _card(base: ModelCard, int8: Path, version: str, config: DistillConfig, hard: int) -> ModelCard:
-    x_test, y_test = load_split(int8.parent, "test")
     how = "shuffled labels, no teacher (a deliberately worse model)"
-    return base.model_copy(
-        update={
-            "version": version,
-            "file": int8.name,
-            "sha256": file_sha256(int8),
-            "size_bytes": int8.stat().st_size,
-            "metrics": ModelMetrics(
-                test_accuracy=round(onnx_accuracy(int8, x_test, y_test), 6),
-                test_samples=len(y_test),
-            ),
-            "source": {
-                **base.source,
-                "derived_from": f"{EDGE}:{base.version}",
-                "distillation": how if config.shuffle_labels else "cloud model as teacher",
-                "teacher": CLOUD,
-                "hard_examples": hard,
-                "distill": asdict(config),
-            },
-        }
-    )
+    source = {
+        **base.source,
+        "derived_from": f"{EDGE}:{base.version}",
+        "distillation": how if config.shuffle_labels else "cloud model as teacher",
+        "teacher": CLOUD,
+        "hard_examples": hard,
+        "distill": asdict(config),
+    }
+    return versioned_card(base, int8, version, int8.parent, source)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
@@ -67,27 +68,41 @@ def build_edge_version(
     int8 = quantize_int8(
         fp32, out_dir / f"{BASE_INT8}-v{version}.onnx", x_calibration, QuantizeConfig()
     )
-    x_test, y_test = load_split(source, "test")
-    card = base_card.model_copy(
-        update={
-            "version": version,
-            "file": int8.name,
-            "sha256": file_sha256(int8),
-            "size_bytes": int8.stat().st_size,
-            "metrics": ModelMetrics(
-                test_accuracy=round(onnx_accuracy(int8, x_test, y_test), 6),
-                test_samples=len(y_test),
-            ),
-            "source": {
-                "derived_from": f"{BASE_INT8}:{base_card.version}",
-                "fine_tune": "output layer only, train + calibration digits",
-                "epochs": config.epochs,
-                "learning_rate": config.learning_rate,
-                "seed": config.seed,
-            },
-        }
+    card = versioned_card(
+        base_card,
+        int8,
+        version,
+        source,
+        {
+            "derived_from": f"{BASE_INT8}:{base_card.version}",
+            "fine_tune": "output layer only, train + calibration digits",
+            "epochs": config.epochs,
+            "learning_rate": config.learning_rate,
+            "seed": config.seed,
+        },
     )
     if card.bank is not None:  # the package keeps the base's bank: copy it beside
         shutil.copyfile(source / card.bank.file, out_dir / card.bank.file)
     card.save(card_path_for(int8))
     return int8, card
+
+
+def versioned_card(
+    base: ModelCard, artifact: Path, version: str, splits: Path, source: dict[str, Any]
+) -> ModelCard:
+    """``base``'s card for a new ``version`` of it: these bytes, their test accuracy on the
+    split in ``splits``, and where they came from."""
+    x_test, y_test = load_split(splits, "test")
+    return base.model_copy(
+        update={
+            "version": version,
+            "file": artifact.name,
+            "sha256": file_sha256(artifact),
+            "size_bytes": artifact.stat().st_size,
+            "metrics": ModelMetrics(
+                test_accuracy=round(onnx_accuracy(artifact, x_test, y_test), 6),
+                test_samples=len(y_test),
+            ),
+            "source": source,
+        }
+    )
