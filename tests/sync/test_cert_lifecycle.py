@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 import shutil
 import ssl
 import subprocess
@@ -33,12 +32,13 @@ from edge_agent.escalation.transport import TlsFiles
 from edgeserve.broker import BrokerFailed, BrokerSetup, MosquittoProcess, find_mosquitto, probe
 from edgeserve.client import OipHttpClient
 from edgeserve.durable import write_atomic
+from edgeserve.eval.fleet import start_sync
 from edgeserve.mqtt import BrokerAddress
 from edgeserve.polling import wait_until
-from edgeserve.processes import ServiceProcess, agent_process, free_port, sync_process
+from edgeserve.processes import ServiceProcess, agent_process, free_port
 from edgeserve.security.pki import CertPaths, ensure_dev_pki, issue_client_cert, sign_device_csr
 from edgeserve.security.revocation import CertFacts, cert_facts, load_certificate, write_crl
-from edgeserve.security.signing import PUBLIC_NAME, ensure_operator_key
+from edgeserve.security.signing import PUBLIC_NAME
 from edgeserve.wire import oip_grpc
 from edgeserve.wire.errors import Unauthenticated
 from edgeserve.wire.proto import grpc_service_pb2_grpc as pb_grpc
@@ -102,29 +102,15 @@ def start_fleet(tmp_path: Path) -> Iterator[StartFleet]:
         broker = MosquittoProcess(setup)
         running.append(broker)
         broker.start()
-        sync_state = tmp_path / "sync-state"
-        ensure_operator_key(sync_state / "keys")
-        address = setup.address(SYNC_USER)
-        password_file = tmp_path / "sync.password"
-        password_file.write_text(address.password or "")
-        os.chmod(password_file, 0o600)
-        sync = sync_process(
-            tmp_path,
-            state_dir=str(sync_state),
-            broker_host=address.host,
-            broker_port=str(address.port),
-            broker_password_file=str(password_file),
-            broker_ca=str(address.ca),
-            broker_cert=str(address.cert),
-            broker_key=str(address.key),
-            certs_broker_dir=str(setup.directory),
-            cert_approval=approval,
-            cert_validity_s="3600",
-            tick_interval_s="0.2",
-            log_format="text",
-        )
+        sync_state = tmp_path / "sync-state"  # where start_sync keeps it
+        settings = {
+            "certs_broker_dir": str(setup.directory),
+            "cert_approval": approval,
+            "cert_validity_s": "3600",
+            "log_format": "text",
+        }
+        sync = start_sync(tmp_path, setup, True, settings)
         running.append(sync)
-        sync.start()
         return Fleet(setup, broker, sync, sync_state, device_dir)
 
     yield start

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
 import queue
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -13,12 +12,13 @@ import httpx
 import pytest
 
 from edgeserve.broker import BrokerSetup, MosquittoProcess
-from edgeserve.processes import ServiceProcess, sync_process
+from edgeserve.eval.fleet import start_sync
+from edgeserve.processes import ServiceProcess
 from edgeserve.wire import topics
 from edgeserve.wire.errors import Unauthenticated
 from edgeserve.wire.sync_messages import ChunkRequest, DesiredState
 from sync.admin_client import AdminClient, card_for_upload
-from tests.sync.conftest import SYNC_USER, ConnectClient
+from tests.sync.conftest import ConnectClient
 from tests.unit.sync_setup import MODEL, build_fleet
 
 pytestmark = pytest.mark.integration
@@ -54,23 +54,7 @@ def sync(
     issued = fleet.issuer.issue(DEVICE, MODEL, "2")
     payload = fleet.store.read_payload(issued.spec.sha256)
     fleet.registry.close()
-    address = broker_setup.address(SYNC_USER)
-    password_file = tmp_path / "sync.password"
-    password_file.write_text(address.password or "")
-    os.chmod(password_file, 0o600)
-    process = sync_process(
-        tmp_path,
-        state_dir=str(state_dir),
-        broker_host=address.host,
-        broker_port=str(address.port),
-        broker_password_file=str(password_file),
-        broker_ca=str(address.ca),
-        broker_cert=str(address.cert),
-        broker_key=str(address.key),
-        tick_interval_s="0.2",
-        log_format="text",
-    )
-    process.start()
+    process = start_sync(tmp_path, broker_setup, True, {"log_format": "text"})
     try:
         yield RunningSync(
             process,
