@@ -11,7 +11,7 @@ from onnx import numpy_helper
 
 from edgeserve.artifacts import packaged_artifacts
 from edgeserve.security.signing import OperatorKey, ensure_operator_key
-from edgeserve.wire.model_card import ModelCard
+from edgeserve.wire.model_card import ModelCard, RouterPolicy, TensorSpec
 from edgeserve.wire.sync_messages import ReportedState, RunningModel
 from sync.artifacts import ArtifactStore
 from sync.handlers import HandlerContext
@@ -86,3 +86,28 @@ def build_fleet(tmp_path: Path) -> Fleet:
         registry.add_version(card, sha)
         cards[version] = card
     return Fleet(registry, store, key, issuer, ctx, artifacts, cards)
+
+
+class Clock:
+    """An injectable clock the test moves by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def tiny_card(version: str, router: RouterPolicy | None = None) -> ModelCard:
+    """A card for registry and rollout logic (no artifact behind it)."""
+    return ModelCard(
+        name=MODEL,
+        version=version,
+        format="onnx",
+        file="m.onnx",
+        sha256="0" * 64,
+        size_bytes=10,
+        inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 64])],
+        outputs=[TensorSpec(name="logits", datatype="FP32", shape=[-1, 10])],
+        router=router,
+    )

@@ -5,35 +5,17 @@ from pathlib import Path
 import pytest
 
 from edgeserve.wire.errors import InvalidInput, ModelNotFound, UpdateRefused
-from edgeserve.wire.model_card import ModelCard, TensorSpec
 from edgeserve.wire.sync_messages import ReportedState, RunningModel, UpdateResult
 from edgeserve.wire.telemetry import OutboxEntry, TelemetryBatch
 from sync.ingest import ingest_batch
 from sync.registry import Registry
 from sync.rollout import Assign, RolloutController, RolloutNotFound, RolloutSpec
+from tests.unit.sync_setup import Clock, tiny_card
 
 MODEL = "digits-edge"
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-def card(version: str) -> ModelCard:
-    return ModelCard(
-        name=MODEL,
-        version=version,
-        format="onnx",
-        file="m.onnx",
-        sha256="0" * 64,
-        size_bytes=10,
-        inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 64])],
-        outputs=[TensorSpec(name="logits", datatype="FP32", shape=[-1, 10])],
-    )
+card = tiny_card
 
 
 def report(registry: Registry, device_id: str, version: str | None, group: str = "default"):

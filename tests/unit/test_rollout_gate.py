@@ -6,38 +6,21 @@ from pathlib import Path
 import pytest
 
 from edgeserve.wire.errors import InvalidInput
-from edgeserve.wire.model_card import ModelCard, RouterPolicy, TensorSpec
+from edgeserve.wire.model_card import ModelCard, RouterPolicy
 from edgeserve.wire.sync_messages import ReportedState, RunningModel, UpdateResult
 from edgeserve.wire.telemetry import OutboxEntry, TelemetryBatch
 from sync.ingest import ingest_batch
 from sync.registry import Registry
 from sync.rollout import Assign, RolloutController, RolloutSpec
+from tests.unit.sync_setup import Clock, tiny_card
 
 MODEL = "digits-edge"
 THRESHOLD = 0.9
 DEVICES = [f"dev-{i}" for i in range(4)]
 
 
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
 def card(version: str) -> ModelCard:
-    return ModelCard(
-        name=MODEL,
-        version=version,
-        format="onnx",
-        file="m.onnx",
-        sha256="0" * 64,
-        size_bytes=10,
-        inputs=[TensorSpec(name="input", datatype="FP32", shape=[-1, 64])],
-        outputs=[TensorSpec(name="logits", datatype="FP32", shape=[-1, 10])],
-        router=RouterPolicy(threshold=THRESHOLD),
-    )
+    return tiny_card(version, RouterPolicy(threshold=THRESHOLD))
 
 
 class Fleet:
