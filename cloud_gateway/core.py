@@ -26,6 +26,7 @@ from cloud_gateway.repository.config import ModelConfig
 from cloud_gateway.repository.manager import LoadedVersion, ModelRepository
 from cloud_gateway.scheduler import RateLimit, TenantLimiter
 from cloud_gateway.scheduler.shared_buckets import SharedRateLimiter
+from cloud_gateway.scheduler.stacking import Tensors
 from cloud_gateway.tenancy import Authenticator, Principal
 from edgeserve import __version__
 from edgeserve.wire.confidence import top_class_confidence
@@ -204,14 +205,9 @@ class GatewayCore:
             return await self._run_arm(
                 admission, request, arrays, wanted, priority, deadline, header
             )
-        loaded = await self.repository.get(request.model_name, request.model_version)
-        loaded.in_flight += 1
-        try:
-            results = await loaded.batcher.submit(
-                principal.tenant, principal.weight, arrays, priority, deadline
-            )
-        finally:
-            loaded.in_flight -= 1
+        loaded, results = await self._submit(
+            request.model_name, request.model_version, principal, arrays, priority, deadline
+        )
         response = self._response(loaded, request, results, wanted)
         elapsed = time.perf_counter() - admission.started
         # Lets a caller split its round trip into transport and gateway time.
@@ -228,6 +224,26 @@ class GatewayCore:
         if self.experiments is None:
             raise ModelNotFound(f"model {shown(model)!r} has no running experiment")
         return await self.experiments.feedback(model, request_id, labels)
+
+    async def _submit(
+        self,
+        model: str,
+        version: str | None,
+        principal: Principal,
+        arrays: dict[str, Any],
+        priority: int,
+        deadline: float | None,
+    ) -> tuple[LoadedVersion, Tensors]:
+        """Run ``arrays`` on ``model@version`` through its batcher, counted in flight."""
+        loaded = await self.repository.get(model, version)
+        loaded.in_flight += 1
+        try:
+            results = await loaded.batcher.submit(
+                principal.tenant, principal.weight, arrays, priority, deadline
+            )
+        finally:
+            loaded.in_flight -= 1
+        return loaded, results
 
     async def _run_arm(
         self,
@@ -248,14 +264,9 @@ class GatewayCore:
             request.id = live.request_id()  # the key feedback comes back with
         started = time.perf_counter()
         try:
-            loaded = await self.repository.get(live.model, arm.version)
-            loaded.in_flight += 1
-            try:
-                results = await loaded.batcher.submit(
-                    principal.tenant, principal.weight, arrays, priority, deadline
-                )
-            finally:
-                loaded.in_flight -= 1
+            loaded, results = await self._submit(
+                live.model, arm.version, principal, arrays, priority, deadline
+            )
         except EdgeServeError:
             live.failed(arm, time.perf_counter() - started)
             raise
